@@ -1,0 +1,57 @@
+"""The ``casd`` console script: one sub-command per package entry point.
+
+Each sub-command lives in the module that does the work, as a function
+``main(argv: list[str]) -> None`` that parses its own arguments; this file only
+dispatches, so that importing ``casd.cli`` stays cheap (no torch until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from casd.errors import CasdError
+
+# name -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("casd.synth", "cli_main", "write the synthetic DeepFashion dataset"),
+    "split": ("casd.prepare", "split_cli", "copy listed images into train/ and test/ under flat names"),
+    "resize": ("casd.prepare", "resize_cli", "resize images to the training size"),
+    "pose": ("casd.pose", "cli_main", "annotation CSV -> compact keypoints (+ optional upstream .npy maps)"),
+    "segment": ("casd.prepare", "segment_cli", "LIP-20 parsing -> 8 merged regions"),
+    "train": ("casd.train", "cli_main", "train the model"),
+    "test": ("casd.generate", "test_cli", "generate every test pair"),
+    "evaluate": ("casd.evaluate", "cli_main", "FID / SSIM / LPIPS of generated images"),
+    "generate": ("casd.generate", "cli_main", "pose transfer, try-on, head swap, style interpolation"),
+    "import-checkpoint": ("casd.checkpoint", "import_cli", "convert an upstream generator checkpoint"),
+    "weights": ("casd.weights", "cli_main", "list (or fetch) the pretrained files the project uses"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: casd <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "casd <command> --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"casd: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    module, func, _ = COMMANDS[name]
+    try:
+        getattr(importlib.import_module(module), func)(rest)
+    except CasdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""params.yaml -> typed config sections.
+
+Each module owns the dataclass of its own section (``casd.synth.SynthConfig``,
+``casd.train.TrainConfig``, ...); this module only loads the file and turns a
+mapping into such a dataclass, refusing unknown keys so that a typo in
+params.yaml is an error, not a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import yaml
+
+from casd.errors import CasdError, ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Read a params file (YAML mapping of sections)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    with open(path, encoding="utf-8") as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def from_dict(cls: type[T], mapping: dict[str, Any] | None, section: str = "") -> T:
+    """Build dataclass ``cls`` from ``mapping``; unknown keys are an error.
+
+    Nested dataclass fields are built recursively; lists become tuples where
+    the field is annotated as a tuple.
+    """
+    mapping = dict(mapping or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise ConfigError(f"params.yaml [{section or cls.__name__}]: unknown key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in mapping.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, f"{section}.{name}" if section else name)
+        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"params.yaml [{section or cls.__name__}]: {e}") from e
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``: the form MLflow and ``dvc exp run -S`` use."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_stage(main: Callable[[], Any]) -> None:
+    """Run a stage's ``main``; a ``CasdError`` becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except CasdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,54 @@
+"""Atomic file writes and safe names: never a half-written output.
+
+Everything the pipeline writes goes through :func:`atomic_path`: the data is
+written to a temporary file beside the target and renamed over it, so that
+an interrupted stage leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from casd.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps the suffix, so writers that pick a format from
+    the extension (PIL, numpy) behave as for the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def safe_name(name: str, source: str | Path, row: int | None = None) -> str:
+    """Return ``name`` if it is a plain file name; a name that could escape its folder is an error."""
+    if (not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name
+            or name.startswith("..") or os.path.isabs(name)):
+        raise DataError(source, f"unsafe file name {name!r} (path separators and '..' are not allowed)", row)
+    return name
