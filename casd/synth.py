@@ -443,11 +443,9 @@ def _pattern(texture: tuple[str, float, float], v: np.ndarray, u: np.ndarray) ->
     return np.zeros(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
 
 
-def colour_image(labels: np.ndarray, figure: Figure, person: Identity, rng: np.random.Generator) -> np.ndarray:
-    """RGB uint8 (H, W, 3) coloured from the label map: identity palette x texture bit, outlines, face details."""
-    h, w = labels.shape
+def identity_palette(person: Identity, background) -> np.ndarray:
+    """(20, 2, 3) float32: the colour of each LIP label for texture bit 0 and 1."""
     palette = np.zeros((20, 2, 3), dtype=np.float32)
-    background = 235 + rng.uniform(-12, 12, size=3)
     palette[BG] = background
     for label in (FACE, L_ARM, R_ARM, L_LEG, R_LEG):
         palette[label] = person.skin
@@ -461,7 +459,32 @@ def colour_image(labels: np.ndarray, figure: Figure, person: Identity, rng: np.r
     if person.upper in ("dress", "jumpsuit"):
         palette[[PANTS, SKIRT, DRESS, JUMPSUIT]] = person.upper_colours
     palette[[L_SHOE, R_SHOE]] = person.shoes
+    return palette
 
+
+OUTLINE_SHADE = 0.72
+EYE_COLOUR = (40, 30, 30)
+MOUTH_COLOUR = (170, 70, 70)
+
+
+def lighting(h: int, w: int) -> np.ndarray:
+    """(H, W) float32 brightness factor: soft light from the upper left."""
+    return (np.float32(1.04) - np.float32(0.12) * (np.arange(w, dtype=np.float32)[None, :] / np.float32(w))
+            - np.float32(0.06) * (np.arange(h, dtype=np.float32)[:, None] / np.float32(h)))
+
+
+def outline(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: person pixels whose right or lower neighbour has another label (drawn darker)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge & (labels != BG)
+
+
+def colour_image(labels: np.ndarray, figure: Figure, person: Identity, rng: np.random.Generator) -> np.ndarray:
+    """RGB uint8 (H, W, 3) coloured from the label map: identity palette x texture bit, outlines, face details."""
+    h, w = labels.shape
+    palette = identity_palette(person, 235 + rng.uniform(-12, 12, size=3))
     u = (np.arange(h, dtype=np.float32)[:, None] - figure.top) / figure.scale
     v = (np.arange(w, dtype=np.float32)[None, :] - figure.centre_x) / figure.scale
     upper_region = _UPPER_LUT[labels]
@@ -470,14 +493,7 @@ def colour_image(labels: np.ndarray, figure: Figure, person: Identity, rng: np.r
     bit = (upper_region & _pattern(person.upper_texture, v, u)) | (lower_region & _pattern(lower_texture, v, u))
     image = palette.reshape(40, 3)[labels.astype(np.intp) * 2 + bit]
 
-    # Outlines: darken pixels whose right or lower neighbour has another label (inside their own label).
-    edge = np.zeros((h, w), dtype=bool)
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    # Soft light from the upper left.
-    shade = (1.04 - 0.12 * (np.arange(w, dtype=np.float32)[None, :] / w)
-             - 0.06 * (np.arange(h, dtype=np.float32)[:, None] / h))
-    shade = shade * np.where(edge & (labels != BG), np.float32(0.72), np.float32(1.0))
+    shade = lighting(h, w) * np.where(outline(labels), np.float32(OUTLINE_SHADE), np.float32(1.0))
     image *= shade[..., None]
 
     # Face details (eyes, mouth), only where the face label is.
@@ -493,8 +509,8 @@ def colour_image(labels: np.ndarray, figure: Figure, person: Identity, rng: np.r
             y, x = figure.joints[0] + (figure.scale * 0.014, 0)
             draw.line([(x - 2 * r, y), (x + 2 * r, y)], fill=2, width=max(1, int(r)))
         details = np.asarray(details) * (labels == FACE)
-        image[details == 1] = (40, 30, 30)
-        image[details == 2] = (170, 70, 70)
+        image[details == 1] = EYE_COLOUR
+        image[details == 2] = MOUTH_COLOUR
     np.clip(image, 0, 255, out=image)
     return image.astype(np.uint8)
 
