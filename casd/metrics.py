@@ -1,0 +1,394 @@
+"""The field's image metrics, batched: SSIM, PSNR, LPIPS and FID.
+
+Every metric follows the evaluation protocol of person-image synthesis
+papers (DeepFashion 256x176) and is checked in the tests against the package
+that defines it:
+
+- SSIM: ``skimage.metrics.structural_similarity(gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)``
+  on uint8 images cast to float. Computed here as a batched separable
+  Gaussian filter in float64 (the 11-tap filter of radius 5 only touches the
+  border strip that SSIM crops away, so no padding mode is involved).
+- PSNR: ``skimage.metrics.peak_signal_noise_ratio(data_range=255)``.
+- LPIPS: the ``lpips`` package's network (AlexNet trunk, v0.1 linear layers);
+  the AlexNet trunk is loaded from torchvision's cache through
+  :mod:`casd.weights` (never downloaded), the linear layers from the file that
+  ships inside the ``lpips`` package.
+- FID: pytorch-fid's ``InceptionV3`` pool3 features (2048-d) of images in
+  [0, 1], mean and covariance (``np.cov``, N-1) accumulated batch by batch,
+  and the Frechet distance of the two Gaussians.
+
+Images cross this module as uint8 arrays ``[B, H, W, 3]`` (numpy or torch),
+the way they are stored on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from casd.errors import DataError, WeightsError
+from casd.fileio import atomic_path
+
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # scikit-image's value for gaussian_weights=True: an 11-tap window
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+DATA_RANGE = 255.0
+FID_DIMS = 2048
+
+
+# ---------------------------------------------------------------------------
+# image I/O
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 ``[H, W, 3]``; an unreadable file is a :class:`DataError`."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"cannot read image: {e}") from e
+
+
+def read_rgb_batch(paths: Sequence[str | Path], threads: int = 4) -> np.ndarray:
+    """Read same-sized images as uint8 ``[B, H, W, 3]`` (decoding in threads: PIL releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        images = list(pool.map(read_rgb, paths))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        first = images[0].shape
+        odd = next(p for p, im in zip(paths, images) if im.shape != first)
+        raise DataError(odd, f"image size {images[paths.index(odd)].shape[:2]} differs from "
+                             f"{first[:2]} of {paths[0]} (all images of a set must have one size)")
+    return np.stack(images)
+
+
+def to_chw_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` with values 0..255."""
+    t = torch.as_tensor(images)
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [B, H, W, 3], got {tuple(t.shape)} {t.dtype}")
+    return t.to(device).permute(0, 3, 1, 2).to(dtype)
+
+
+# ---------------------------------------------------------------------------
+# SSIM and PSNR
+
+
+def _gaussian_taps(sigma: float, truncate: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)``, as scipy.ndimage builds it."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def ssim(generated: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+         device: torch.device | str = "cpu") -> torch.Tensor:
+    """SSIM of each pair as scikit-image computes it under the field's protocol.
+
+    generated, target: uint8 ``[B, H, W, 3]``; returns float64 ``[B]`` (on CPU).
+    """
+    x = to_chw_float(generated, device, torch.float64)
+    y = to_chw_float(target, device, torch.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
+    b, c, h, w = x.shape
+    taps = _gaussian_taps(SSIM_SIGMA, SSIM_TRUNCATE, torch.float64, x.device)
+    win = taps.numel()
+    if h < win or w < win:
+        raise ValueError(f"images of {h}x{w} are smaller than the {win}x{win} SSIM window")
+
+    # Filter the five moment images in one batched separable ("valid") convolution:
+    # the valid region is exactly what scikit-image keeps after cropping the border.
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1).reshape(b * 5 * c, 1, h, w)
+    stack = F.conv2d(stack, taps.view(1, 1, win, 1))
+    stack = F.conv2d(stack, taps.view(1, 1, 1, win))
+    ux, uy, uxx, uyy, uxy = stack.reshape(b, 5, c, h - win + 1, w - win + 1).unbind(1)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy  # population covariance
+    c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    # mean over pixels per channel, then over channels (scikit-image's channel_axis loop)
+    return s.mean(dim=(2, 3)).mean(dim=1).cpu()
+
+
+def psnr(generated: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+         device: torch.device | str = "cpu") -> torch.Tensor:
+    """PSNR in dB (data range 255) of each pair; float64 ``[B]``; identical images give ``inf``."""
+    x = to_chw_float(generated, device, torch.float64)
+    y = to_chw_float(target, device, torch.float64)
+    mse = ((x - y) ** 2).mean(dim=(1, 2, 3))
+    return (10 * torch.log10(DATA_RANGE ** 2 / mse)).cpu()
+
+
+# ---------------------------------------------------------------------------
+# LPIPS
+
+_ALEXNET_TO_LPIPS = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}  # torchvision features.<i> -> lpips net.slice<k>.<i>
+
+
+def build_lpips(alexnet: str | os.PathLike | dict | None = "auto",
+                linear: str | os.PathLike | dict | None = "package") -> torch.nn.Module:
+    """The ``lpips`` package's AlexNet LPIPS network (v0.1), weights loaded offline.
+
+    alexnet: torchvision AlexNet weights -- ``"auto"``/``"torchvision"`` (the torch hub cache, via
+        :func:`casd.weights.locate`), a path, a state dict, or ``None`` for a random trunk (tests).
+    linear: the linear layers -- ``"package"`` (alex.pth inside the ``lpips`` package, checksum
+        verified by :mod:`casd.weights`), a path, a state dict, or ``None`` for random layers (tests).
+    Raises :class:`WeightsError` when a named file is absent.
+    """
+    import lpips
+
+    from casd import weights
+
+    with _quiet_torchvision():
+        net = lpips.LPIPS(pretrained=False, pnet_rand=True, net="alex", version="0.1", verbose=False)
+    state = net.state_dict()
+    if alexnet is not None:
+        if not isinstance(alexnet, dict):
+            explicit = None if alexnet in ("auto", "torchvision") else alexnet
+            alexnet = weights.load_state_dict("alexnet", explicit)
+        for key, value in alexnet.items():
+            parts = key.split(".")
+            if parts[0] == "features":
+                slice_no = _ALEXNET_TO_LPIPS[int(parts[1])]
+                _assign(state, f"net.slice{slice_no}.{parts[1]}.{parts[2]}", value, "AlexNet")
+    if linear is not None:
+        if not isinstance(linear, dict):
+            linear = weights.load_state_dict("lpips-alex-lin", None if linear == "package" else linear)
+        for key, value in linear.items():
+            _assign(state, key, value, "LPIPS linear layers")
+            if key.startswith("lin") and key[3].isdigit():  # the same modules appear again as lins.<i>
+                _assign(state, f"lins.{key[3]}{key[4:]}", value, "LPIPS linear layers")
+    net.load_state_dict(state)
+    return net.eval().requires_grad_(False)
+
+
+def _assign(state: dict, key: str, value: torch.Tensor, what: str) -> None:
+    if key not in state or state[key].shape != value.shape:
+        raise WeightsError(f"{what}: unexpected entry {key} {tuple(value.shape)} for the LPIPS AlexNet network")
+    state[key] = value
+
+
+@contextlib.contextmanager
+def _quiet_torchvision() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        yield
+
+
+@torch.no_grad()
+def lpips_distance(net: torch.nn.Module, generated: np.ndarray | torch.Tensor,
+                   target: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """LPIPS of each pair; uint8 ``[B, H, W, 3]`` in, float ``[B]`` (CPU) out.
+
+    Images map to [-1, 1] as ``lpips.im2tensor`` does (x / 127.5 - 1).
+    """
+    device = next(net.parameters()).device
+    x = to_chw_float(generated, device) / 127.5 - 1
+    y = to_chw_float(target, device) / 127.5 - 1
+    return net(x, y).reshape(-1).float().cpu()
+
+
+# ---------------------------------------------------------------------------
+# FID
+
+
+def build_inception(weights: str | os.PathLike | dict | None = "auto") -> torch.nn.Module:
+    """pytorch-fid's ``InceptionV3`` returning pool3 features, with weights loaded offline.
+
+    weights: ``"auto"`` (torch hub cache via :func:`casd.weights.locate`), a path, a state dict of
+    the FID Inception (pt_inception-2015-12-05), or ``None`` for random weights (tests).
+    pytorch-fid would download the file on construction; here its builder is handed the
+    architecture with our weights instead, so the network is exactly pytorch-fid's.
+    """
+    from pytorch_fid import inception as pfi
+
+    from casd import weights as registry
+
+    if weights is not None and not isinstance(weights, dict):
+        explicit = None if weights == "auto" else weights
+        weights = registry.load_state_dict("inception-fid", explicit)
+
+    def architecture() -> torch.nn.Module:
+        # the FID variant of torchvision's InceptionV3, as pytorch_fid.inception.fid_inception_v3 builds it
+        from torchvision.models import inception_v3
+
+        net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+        net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+        net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+        net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+        net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+        net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+        net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+        net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+        if weights is not None:
+            net.load_state_dict(weights)
+        return net
+
+    with mock.patch.object(pfi, "fid_inception_v3", architecture):
+        model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]])
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def inception_features(model: torch.nn.Module, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """pool3 features of uint8 ``[B, H, W, 3]`` images -> float64 ``[B, 2048]`` (CPU).
+
+    As pytorch-fid: images to [0, 1] (ToTensor), the network resizes to 299 and rescales.
+    """
+    device = next(model.parameters()).device
+    x = to_chw_float(images, device) / 255.0
+    pooled = model(x)[0]
+    if pooled.shape[2:] != (1, 1):
+        pooled = F.adaptive_avg_pool2d(pooled, (1, 1))
+    return pooled.flatten(1).double().cpu()
+
+
+class GaussianStats:
+    """Running mean and covariance of feature vectors, accumulated batch by batch (float64).
+
+    ``covariance`` equals ``np.cov(features, rowvar=False)`` (N - 1 in the denominator).
+    While no more vectors than dimensions have been seen, the vectors are kept too, so that
+    :func:`frechet_distance` can use the low-rank ``factor`` (small evaluation sets).
+    """
+
+    def __init__(self, dims: int):
+        self.dims = dims
+        self.count = 0
+        self.total = torch.zeros(dims, dtype=torch.float64)
+        self.outer = torch.zeros(dims, dims, dtype=torch.float64)
+        # a fixed shift keeps the sums well conditioned (features are far from zero-mean)
+        self.shift: torch.Tensor | None = None
+        self._kept: list[torch.Tensor] | None = []
+
+    def update(self, features: torch.Tensor) -> None:
+        """features: ``[B, D]``."""
+        f = features.double().cpu()
+        if self.shift is None:
+            self.shift = f[0].clone()
+        f = f - self.shift
+        self.count += f.shape[0]
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+        if self._kept is not None:
+            self._kept = self._kept + [f] if self.count <= self.dims else None
+
+    @property
+    def mean(self) -> np.ndarray:
+        return (self.total / self.count + self.shift).numpy()
+
+    @property
+    def covariance(self) -> np.ndarray:
+        if self.count < 2:
+            raise ValueError("covariance needs at least 2 feature vectors")
+        m = self.total / self.count
+        cov = (self.outer - self.count * torch.outer(m, m)) / (self.count - 1)
+        return cov.numpy()
+
+    @property
+    def factor(self) -> np.ndarray | None:
+        """``B [N, D]`` with ``B.T @ B == covariance`` while N <= D, else None."""
+        if not self._kept or self.count < 2:
+            return None
+        f = torch.cat(self._kept)
+        return ((f - f.mean(0)) / math.sqrt(self.count - 1)).numpy()
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     factor2: np.ndarray | None = None) -> float:
+    """Frechet distance of N(mu1, sigma1) and N(mu2, sigma2).
+
+    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2))``. The trace of the
+    matrix square root is the sum of square roots of the eigenvalues of ``sigma1 sigma2``,
+    which are real and non-negative for covariance matrices (round-off negatives clipped),
+    computed with symmetric eigen-solvers instead of an iterative ``sqrtm``; the value matches
+    pytorch-fid's. ``factor2`` (``B`` with ``B.T @ B == sigma2``, from :attr:`GaussianStats.factor`)
+    makes it cheap for small sets: the non-zero eigenvalues of ``sigma1 B.T B`` are those of the
+    N x N matrix ``B sigma1 B.T``.
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"feature dimensions differ: {mu1.shape} vs {mu2.shape}")
+    if factor2 is not None:
+        eig = np.linalg.eigvalsh(factor2 @ s1 @ factor2.T)
+    else:
+        # sqrt(s1) s2 sqrt(s1) is symmetric PSD and similar to s1 s2
+        w1, v1 = np.linalg.eigh(s1)
+        root1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T
+        eig = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def fid_from_stats(real: tuple[np.ndarray, np.ndarray], generated: GaussianStats) -> float:
+    """FID of generated-image statistics against real ``(mu, sigma)``."""
+    return frechet_distance(real[0], real[1], generated.mean, generated.covariance, generated.factor)
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def feature_statistics(model: torch.nn.Module, files: Sequence[str | Path], batch_size: int = 32,
+                       progress: str | None = None) -> GaussianStats:
+    """Inception statistics of image files, read and embedded ``batch_size`` at a time."""
+    from tqdm import tqdm
+
+    stats = GaussianStats(FID_DIMS)
+    batches = batched(list(files), batch_size)
+    total = math.ceil(len(files) / batch_size)
+    for chunk in tqdm(batches, total=total, desc=progress, disable=progress is None, unit="batch"):
+        stats.update(inception_features(model, read_rgb_batch(chunk)))
+    return stats
+
+
+def file_list_key(files: Iterable[str | Path], weights_id: str) -> str:
+    """Cache key of a set of image files: names and sizes of the files, and the weights' id."""
+    h = hashlib.sha256(weights_id.encode())
+    for path in sorted(map(Path, files)):
+        h.update(f"{path.name}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_statistics(model: torch.nn.Module, files: Sequence[str | Path], cache_dir: str | Path | None,
+                      weights_id: str, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, Path | None]:
+    """Mean and covariance of the features of ``files``, cached in ``cache_dir/<key>.npz``.
+
+    The key covers the file names and sizes and ``weights_id`` (the Inception file's hash),
+    so another image set or other weights never reuse a stale cache.
+    """
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"{file_list_key(files, weights_id)}.npz"
+        if cache.is_file():
+            with np.load(cache) as z:
+                return z["mu"], z["sigma"], cache
+    stats = feature_statistics(model, files, batch_size, progress="FID real images")
+    mu, sigma = stats.mean, stats.covariance
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, count=stats.count)
+        with atomic_path(cache.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"files": len(files), "weights": weights_id}) + "\n")
+    return mu, sigma, cache

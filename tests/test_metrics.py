@@ -1,0 +1,178 @@
+"""Each metric against the package that defines it, on tiny random images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from casd import metrics
+from casd.errors import WeightsError
+
+
+def _pairs(n=3, h=40, w=28, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    # targets correlated with the inputs, so SSIM is far from 0 and differs per pair
+    noise = rng.normal(0, 30 * np.arange(1, n + 1)[:, None, None, None], size=a.shape)
+    b = np.clip(a.astype(float) + noise, 0, 255).astype(np.uint8)
+    return a, b
+
+
+def test_ssim_equals_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    a, b = _pairs()
+    ours = metrics.ssim(a, b).numpy()
+    ref = [structural_similarity(x.astype(float), y.astype(float), gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, data_range=255, channel_axis=-1)
+           for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    assert len(set(np.round(ours, 6))) == len(ours)  # the pairs really differ
+    np.testing.assert_allclose(metrics.ssim(a, a).numpy(), 1.0)
+
+
+def test_ssim_refuses_images_smaller_than_window():
+    a = np.zeros((1, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="window"):
+        metrics.ssim(a, a)
+
+
+def test_psnr_equals_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    a, b = _pairs()
+    ref = [peak_signal_noise_ratio(y, x, data_range=255) for x, y in zip(a, b)]
+    np.testing.assert_allclose(metrics.psnr(a, b).numpy(), ref, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def random_lpips():
+    """The package's own network with a random AlexNet trunk and random linear layers."""
+    import lpips
+
+    torch.manual_seed(0)
+    with metrics._quiet_torchvision():
+        ref = lpips.LPIPS(pretrained=False, pnet_rand=True, net="alex", version="0.1", verbose=False).eval()
+    for lin in ref.lins:  # the package starts linear layers at default init; make them distinct
+        torch.nn.init.uniform_(lin.model[1].weight, 0.0, 1.0)
+    return ref
+
+
+def test_lpips_equals_package_with_same_random_weights(random_lpips):
+    import lpips
+
+    ref = random_lpips
+    trunk = {f"features.{i}.{p}": getattr(getattr(getattr(ref.net, f"slice{k}"), str(i)), p)
+             for i, k in metrics._ALEXNET_TO_LPIPS.items() for p in ("weight", "bias")}
+    linear = {f"lin{i}.model.1.weight": ref.lins[i].model[1].weight for i in range(5)}
+    ours = metrics.build_lpips(alexnet=trunk, linear=linear)
+
+    a, b = _pairs(h=64, w=44)  # the AlexNet trunk needs the demo's 64x44 at least
+    got = metrics.lpips_distance(ours, a, b)
+    want = torch.stack([ref(lpips.im2tensor(x), lpips.im2tensor(y)).reshape(()) for x, y in zip(a, b)])
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-7)
+    assert (got > 0).all() and len(set(got.tolist())) == len(got)
+    assert torch.allclose(metrics.lpips_distance(ours, a, a), torch.zeros(len(a)), atol=1e-7)
+
+
+def test_lpips_real_path_loads_package_linear_layers_and_names_missing_trunk(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the trunk cannot be found
+    with pytest.raises(WeightsError, match="alexnet-owt-7be5be79.pth"):
+        metrics.build_lpips("auto")
+    net = metrics.build_lpips(alexnet=None, linear="package")
+    import lpips
+
+    stored = torch.load(f"{lpips.__path__[0]}/weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
+    torch.testing.assert_close(net.lin2.model[1].weight, stored["lin2.model.1.weight"])
+    assert net.lins[2].model[1].weight is net.lin2.model[1].weight
+
+
+def test_frechet_distance_equals_pytorch_fid():
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(1)
+    f1 = rng.normal(size=(80, 12))
+    f2 = rng.normal(size=(90, 12)) @ rng.normal(size=(12, 12)) * 0.5 + 0.3
+    args = (f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    ours, ref = metrics.frechet_distance(*args), calculate_frechet_distance(*args)
+    assert ours == pytest.approx(ref, rel=1e-8)
+    assert ours > 1.0
+    assert metrics.frechet_distance(args[0], args[1], args[0], args[1]) == pytest.approx(0.0, abs=1e-8)
+    # a singular covariance (fewer samples than dimensions), as with small evaluation sets
+    f3 = rng.normal(size=(6, 12))
+    args = (f1.mean(0), np.cov(f1, rowvar=False), f3.mean(0), np.cov(f3, rowvar=False))
+    ref = calculate_frechet_distance(*args)
+    assert metrics.frechet_distance(*args) == pytest.approx(ref, rel=1e-5)
+    stats = metrics.GaussianStats(12)
+    stats.update(torch.from_numpy(f3))
+    assert stats.factor is not None  # the low-rank path for sets smaller than the dimension
+    assert metrics.frechet_distance(args[0], args[1], stats.mean, stats.covariance, stats.factor) == \
+        pytest.approx(ref, rel=1e-5)
+
+
+def test_gaussian_stats_match_numpy_in_batches():
+    rng = np.random.default_rng(2)
+    feats = rng.normal(loc=5.0, size=(23, 7))
+    stats = metrics.GaussianStats(7)
+    for chunk in np.array_split(feats, 4):
+        stats.update(torch.from_numpy(chunk))
+    np.testing.assert_allclose(stats.mean, feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-12)
+    assert stats.factor is None  # more vectors than dimensions: no low-rank factor kept
+
+
+@pytest.fixture(scope="module")
+def random_inception():
+    torch.manual_seed(0)
+    net = metrics.build_inception(weights=None)
+    for m in net.modules():  # He init keeps random pool3 features O(1) instead of vanishing
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return net
+
+
+def _write_images(folder, images):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        p = folder / f"im{i:02d}.png"
+        Image.fromarray(im).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_inception_features_match_pytorch_fid_activations(tmp_path, random_inception):
+    from pytorch_fid.fid_score import get_activations
+
+    a, _ = _pairs(n=3, h=32, w=22)
+    files = _write_images(tmp_path / "a", a)
+    ref = get_activations([str(f) for f in files], random_inception, batch_size=3, dims=2048, num_workers=0)
+    stats = metrics.feature_statistics(random_inception, files, batch_size=2)  # batches of 2 and 1
+    np.testing.assert_allclose(stats.mean, ref.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats.factor.T @ stats.factor, np.cov(ref, rowvar=False), rtol=1e-3, atol=1e-6)
+    assert ref.std(0).mean() > 1e-3  # features that vary between images
+
+
+def test_fid_of_identical_sets_is_zero_and_stats_are_cached(tmp_path, random_inception):
+    a, b = _pairs(n=2, h=32, w=22)
+    files_a = _write_images(tmp_path / "a", a)
+    files_b = _write_images(tmp_path / "b", b)
+    mu, sigma, cache = metrics.cached_statistics(random_inception, files_a, tmp_path / "cache", "w1", 4)
+    assert cache is not None and cache.is_file()
+    stats = metrics.feature_statistics(random_inception, files_a, batch_size=1)
+    assert metrics.fid_from_stats((mu, sigma), stats) == pytest.approx(0, abs=1e-6 * np.trace(sigma))
+    stats_b = metrics.feature_statistics(random_inception, files_b, batch_size=4)
+    assert metrics.fid_from_stats((mu, sigma), stats_b) > 1e-3 * np.trace(sigma)
+    # the cache is read back (not recomputed), and its key depends on the weights and the files
+    np.savez(cache, mu=mu + 1, sigma=sigma)
+    assert np.allclose(metrics.cached_statistics(random_inception, files_a, tmp_path / "cache", "w1")[0], mu + 1)
+    assert metrics.file_list_key(files_a, "w2") != metrics.file_list_key(files_a, "w1")
+    assert metrics.file_list_key(files_a[:1], "w1") != metrics.file_list_key(files_a, "w1")
+
+
+def test_inception_real_path_names_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
+        metrics.build_inception("auto")
