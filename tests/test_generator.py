@@ -1,0 +1,183 @@
+"""Generator, discriminator and VGG: shapes, the style tokens, and equivalence with upstream CASD."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from casd.checkpoint import load_checkpoint, load_upstream_generator
+from casd.errors import ConfigError, WeightsError
+from casd.models import Discriminator, Generator, GeneratorConfig, VGG19Features
+from casd.models.generator import adaptive_instance_norm, attention_modulated_norm
+from casd.testing import CASES, rule_inputs, rule_state_dict
+
+FIXTURE = Path(__file__).parent / "fixtures" / "upstream_equivalence.pt"
+REFERENCE_TSV = Path(__file__).parent / "fixtures" / "netG_state_dict.tsv"
+
+
+def tiny_generator(**overrides) -> Generator:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Generator(GeneratorConfig.tiny(**overrides))
+
+
+def reference_shapes() -> dict[str, tuple[int, ...]]:
+    rows = [line.rstrip("\n").split("\t") for line in REFERENCE_TSV.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    return {key: tuple(int(n) for n in shape.strip("()").split(",") if n.strip()) for key, shape, _ in rows}
+
+
+@pytest.mark.parametrize("height,width", [(32, 24), (64, 44), (48, 36)])
+def test_shapes_at_several_sizes(height, width):
+    g = tiny_generator()
+    pose, image, parsing = rule_inputs(2, height, width, seed=3)
+    out, attns = g(pose, image, parsing)
+    assert out.shape == (2, 3, height, width)
+    assert len(attns) == 2 and all(a.shape == (2, 8, height // 4, width // 4) for a in attns)
+    assert out.abs().max() <= 1
+    tokens = g.encode_style(image, parsing)
+    assert tokens.shape == (2, 8, 16)
+    out2, attns2 = g.decode(pose, tokens)
+    torch.testing.assert_close(out2, out)
+
+
+def test_backward_reaches_trainable_parameters_only():
+    g = tiny_generator()
+    pose, image, parsing = rule_inputs(2, 32, 24, seed=4)
+    for block in g.decoder.style_distribution:  # gammas start at zero: make the attention paths matter
+        torch.nn.init.constant_(block.gamma_cross, 0.5)
+    out, attns = g(pose, image, parsing)
+    (out.mean() + sum(a.mean() for a in attns)).backward()
+    assert all(p.grad is None for p in g.style_encoder.vgg.parameters())
+    assert not any(p.requires_grad for p in g.style_encoder.vgg.parameters())
+    assert g.pose_encoder.down1.down.weight.grad.abs().sum() > 0
+    assert g.style_encoder.fuse.weight.grad.abs().sum() > 0
+
+
+def test_size_not_divisible_by_4_is_refused():
+    g = tiny_generator()
+    pose, image, parsing = rule_inputs(1, 30, 24, seed=0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        g(pose, image, parsing)
+
+
+def test_style_tokens_are_region_means_with_global_fallback():
+    g = tiny_generator()
+    pose, image, parsing = rule_inputs(2, 64, 48, seed=5, empty_regions=((2, 7), ()))
+    tokens = g.encode_style(image, parsing)
+    features = g.style_encoder.features(image)                                 # [B,C,8,6]
+    masks = F.interpolate(parsing, size=features.shape[2:], mode="nearest")
+    for b in range(2):
+        for k in range(8):
+            inside = masks[b, k] > 0
+            if inside.any():
+                expected = features[b][:, inside].mean(dim=1)
+            else:
+                expected = features[b].mean(dim=(1, 2))
+            torch.testing.assert_close(tokens[b, k], expected, atol=1e-6, rtol=1e-5)
+    # sample 0 has regions 2 and 7 empty: both fall back to the same global average
+    assert masks[0, 2].sum() == 0 and masks[0, 7].sum() == 0
+    torch.testing.assert_close(tokens[0, 2], tokens[0, 7])
+
+
+def test_norm_quirks():
+    x = torch.randn(2, 3, 5, 4)
+    params = torch.randn(2, 6)
+    mean, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * params[:, :3, None, None] + params[:, 3:, None, None]
+    torch.testing.assert_close(adaptive_instance_norm(x, params), expected, atol=1e-5, rtol=1e-5)
+    modulation = torch.randn(2, 6, 5, 4)
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), keepdim=True)
+    expected = (x - mean) / (var + 1e-6) * (1 + modulation[:, :3]) + modulation[:, 3:]
+    torch.testing.assert_close(attention_modulated_norm(x, modulation), expected)
+
+
+def test_upstream_init():
+    g = tiny_generator()
+    assert all(b.gamma_cross.item() == 0 and b.gamma_ffn.item() == 0 and b.gamma_token_attention.item() == 0
+               for b in g.decoder.style_distribution)
+    w = torch.cat([g.decoder.adain_mlp[2].weight.flatten(), g.decoder.style_fusion.weight.flatten()])
+    assert abs(w.std().item() - 0.02) < 0.003 and abs(w.mean().item()) < 0.003
+
+
+def test_config_validation_and_weights_rule(tmp_path):
+    with pytest.raises(ConfigError, match="width"):
+        GeneratorConfig(width=18)
+    with pytest.raises(ConfigError, match="adain_blocks"):
+        GeneratorConfig(adain_blocks=0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        vgg = VGG19Features("relu1_1", "none")
+    assert not vgg.pretrained
+    missing = tmp_path / "nowhere" / "vgg19-dcbb9e9d.pth"
+    with pytest.raises(WeightsError) as e:
+        VGG19Features("relu1_1", str(missing))
+    assert "vgg19-dcbb9e9d.pth" in str(e.value) and str(missing) in str(e.value)
+
+
+def test_vgg_taps_stop_at_the_deepest_layer():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vgg = VGG19Features("relu3_1", "none")
+    out = vgg(torch.randn(1, 3, 32, 24), ["relu1_1", "relu3_1"])
+    assert out["relu1_1"].shape == (1, 64, 32, 24) and out["relu3_1"].shape == (1, 256, 8, 6)
+    assert (out["relu1_1"] >= 0).all()
+    with pytest.raises(ValueError):
+        vgg(torch.randn(1, 3, 32, 24), ["relu4_1"])
+
+
+def test_discriminators():
+    d_pb, d_pp = Discriminator(33), Discriminator(6)
+    assert [tuple(p.shape) for p in d_pb.state_dict().values()] == [(64, 33, 7, 7), (64,), (128, 64, 3, 3), (128,),
+                                                                    (256, 128, 3, 3), (256,)]
+    assert list(d_pb.state_dict()) == ["model.1.weight", "model.1.bias", "model.4.weight", "model.4.bias",
+                                       "model.7.weight", "model.7.bias"]
+    assert d_pp.model[1].weight.shape == (64, 6, 7, 7)
+    scores = d_pb(torch.randn(2, 33, 32, 24))
+    assert scores.shape == (2, 256, 8, 6) and (scores >= 0).all()
+
+
+# ------------------------------------------------------------------ equivalence with upstream ADGen
+
+
+@pytest.fixture(scope="module")
+def upstream_fixture():
+    return load_checkpoint(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def rule_generator(upstream_fixture):
+    shapes = reference_shapes()
+    assert list(shapes) == upstream_fixture["keys"]  # the tsv and the upstream module list the same keys
+    return load_upstream_generator(rule_state_dict(shapes))
+
+
+@pytest.mark.parametrize("case,mode", [("256x176", "eval"), ("256x176", "train"), ("64x44", "eval"),
+                                       ("64x44", "train")])
+def test_equivalence_with_upstream(upstream_fixture, rule_generator, case, mode):
+    """Same weights (casd.testing rule) and inputs -> upstream's image and attention maps within 1e-4 (float32, CPU).
+
+    Cases include empty regions (casd.testing.CASES); see casd/testing.py for how the fixture was made.
+    """
+    fixture = upstream_fixture["cases"][case]
+    batch, height, width, seed, empty = CASES[case]
+    assert fixture["inputs"] == (batch, height, width, seed, empty)
+    pose, image, parsing = rule_inputs(batch, height, width, seed, empty)
+    checksums = torch.tensor([[t.double().sum().item(), t.double().square().sum().item()]
+                              for t in (pose, image, parsing)])
+    torch.testing.assert_close(checksums, fixture["input_checksums"], rtol=1e-9, atol=1e-6)
+    assert any(parsing[b, k].sum() == 0 for b in range(batch) for k in range(8))  # empty regions are exercised
+
+    rule_generator.train(mode == "train")
+    with torch.no_grad():
+        tokens = rule_generator.encode_style(image, parsing)
+        out, attns = rule_generator.decode(pose, tokens)
+    assert (tokens - fixture["tokens"]).abs().max() < 1e-4
+    assert (out - fixture["image"]).abs().max() < 1e-4
+    for mine, theirs in zip(attns, fixture["attention"], strict=True):
+        assert (mine - theirs).abs().max() < 1e-4
+    assert fixture["image"].std() > 0.1  # the comparison is not between near-constant images
