@@ -1,0 +1,228 @@
+"""split / resize / segment on the tiny synthetic set, their bad-input errors, idempotence."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from casd.errors import DataError
+from casd.formats import LIP_TO_REGION, flat_name, read_list, read_pairs
+from casd.prepare import available_pairs, resize, segment, split
+
+
+def copy_raw(tiny_raw: Path, tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    return raw
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+# --------------------------------------------------------------------------- split
+
+def test_split_on_tiny_set(tiny_prepared, tiny_raw):
+    split_dir = tiny_prepared / "split"
+    for phase in ("train", "test"):
+        listed = read_list(tiny_raw / f"{phase}.lst")
+        placed = sorted(p.name for p in (split_dir / phase).glob("*.jpg"))
+        assert placed == sorted(listed) and placed
+        assert read_pairs(split_dir / f"pairs-{phase}.csv") == read_pairs(tiny_raw / f"fashion-resize-pairs-{phase}.csv")
+    originals = {flat_name(p.relative_to(tiny_raw)): p for p in (tiny_raw / "img_highres").rglob("*.jpg")}
+    for phase in ("train", "test"):
+        for placed in (split_dir / phase).glob("*.jpg"):
+            assert placed.read_bytes() == originals[placed.name].read_bytes()
+    report = json.loads((tiny_prepared / "reports" / "split.json").read_text())
+    assert report["unlisted"] == [] and report["train"]["missing_from_tree"] == []
+
+
+def test_split_reports_missing_and_unlisted_and_is_idempotent(tiny_raw, tmp_path, tiny_data_config, capsys):
+    raw = copy_raw(tiny_raw, tmp_path)
+    train = read_list(raw / "train.lst")
+    # one listed image without a file, one file in neither list (its pairs rows removed)
+    (raw / "train.lst").write_text("\n".join(train[1:] + ["fashionMENDenimid0000099901_1front.jpg"]) + "\n")
+    pairs = [p for p in read_pairs(raw / "fashion-resize-pairs-train.csv") if train[0] not in p]
+    (raw / "fashion-resize-pairs-train.csv").write_text("from,to\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    out = tmp_path / "split"
+    summary = split(tiny_data_config, raw, out, tmp_path / "reports")
+    err = capsys.readouterr().err
+    assert "train.lst names missing" in err and "fashionMENDenimid0000099901_1front.jpg" in err
+    assert "in neither list" in err and train[0] in err
+    assert summary["train"]["missing_from_tree"] == ["fashionMENDenimid0000099901_1front.jpg"]
+    assert summary["unlisted"] == [train[0]]
+    assert json.loads((tmp_path / "reports" / "split.json").read_text())["unlisted"] == [train[0]]
+    assert summary["train"]["pairs"] == len(pairs)
+
+    # a second run leaves placed files alone; a stale file is removed
+    placed = out / "train" / train[1]
+    before = placed.stat().st_mtime_ns
+    (out / "train" / "stale.jpg").write_bytes(b"x")
+    time.sleep(0.01)
+    split(tiny_data_config, raw, out, tmp_path / "reports")
+    assert placed.stat().st_mtime_ns == before and not (out / "train" / "stale.jpg").exists()
+    assert no_temp_files(out)
+
+
+def test_split_pairs_row_naming_absent_image(tiny_raw, tmp_path, tiny_data_config):
+    raw = copy_raw(tiny_raw, tmp_path)
+    path = raw / "fashion-resize-pairs-test.csv"
+    train_name = read_list(raw / "train.lst")[0]
+    test_name = read_list(raw / "test.lst")[0]
+    lines = path.read_text().splitlines()
+    lines.insert(2, f"{test_name},{train_name}")  # a train image in a test pair: absent from test/
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"pairs-test.csv, row 3: {train_name} not among the test images"):
+        split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    assert not (tmp_path / "split" / "pairs-test.csv").exists()
+    skip = dataclasses.replace(tiny_data_config, on_error="skip")
+    summary = split(skip, raw, tmp_path / "split", tmp_path / "reports")
+    assert summary["test"]["pairs"] == len(lines) - 2
+    report = (tmp_path / "reports" / "skipped-split.csv").read_text()
+    assert f"{train_name} not among the test images" in report and ",3," in report
+
+
+def test_split_rejects_unsafe_list_names_and_overlap(tiny_raw, tmp_path, tiny_data_config):
+    raw = copy_raw(tiny_raw, tmp_path)
+    test = read_list(raw / "test.lst")
+    (raw / "test.lst").write_text("\n".join(test + ["../../outside.jpg"]) + "\n")
+    with pytest.raises(DataError, match=r"test.lst, row \d+: unsafe file name '../../outside.jpg'"):
+        split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    (raw / "test.lst").write_text("\n".join(test + [read_list(raw / "train.lst")[0]]) + "\n")
+    with pytest.raises(DataError, match="listed in train.lst too"):
+        split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+
+
+# --------------------------------------------------------------------------- resize
+
+def test_resize_on_tiny_set(tiny_prepared):
+    for phase in ("train", "test"):
+        sources = sorted(p.name for p in (tiny_prepared / "split" / phase).glob("*.jpg"))
+        outputs = sorted((tiny_prepared / "resized" / phase).glob("*.jpg"))
+        assert [p.name for p in outputs] == sources
+        for path in outputs:
+            with Image.open(path) as image:
+                assert image.size == (44, 64) and image.mode == "RGB"
+
+
+def test_resize_crop_border_and_idempotence(tmp_path, tiny_data_config):
+    split_dir = tmp_path / "split"
+    (split_dir / "test").mkdir(parents=True)
+    (split_dir / "train").mkdir(parents=True)
+    # 128x88 raw image: 8-column red borders (annotation frame 128x88, crop_border 8) around a blue middle
+    pixels = np.zeros((128, 88, 3), np.uint8)
+    pixels[:, :8], pixels[:, -8:], pixels[:, 8:-8] = (255, 0, 0), (255, 0, 0), (0, 0, 255)
+    Image.fromarray(pixels).save(split_dir / "train" / "a.jpg", quality=100)
+    config = dataclasses.replace(tiny_data_config, crop_border=8)
+    out = tmp_path / "resized"
+    assert resize(config, split_dir, out, tmp_path / "reports") == {"train": 1, "test": 0}
+    cropped = np.asarray(Image.open(out / "train" / "a.jpg")).astype(int)
+    assert cropped.shape == (64, 44, 3) and cropped[..., 0].max() < 60 and cropped[..., 2].min() > 190
+    plain = resize(tiny_data_config, split_dir, tmp_path / "plain", tmp_path / "reports")
+    assert plain["train"] == 1
+    assert np.asarray(Image.open(tmp_path / "plain" / "train" / "a.jpg"))[:, 0, 0].min() > 190  # red border kept
+
+    mtime = (out / "train" / "a.jpg").stat().st_mtime_ns
+    time.sleep(0.01)
+    resize(config, split_dir, out, tmp_path / "reports")
+    assert (out / "train" / "a.jpg").stat().st_mtime_ns == mtime  # up to date: skipped
+    resize(dataclasses.replace(config, image_size=(32, 22)), split_dir, out, tmp_path / "reports")
+    assert Image.open(out / "train" / "a.jpg").size == (22, 32)    # other settings: redone
+
+
+def test_resize_corrupt_and_truncated_images(tiny_prepared, tmp_path, tiny_data_config):
+    split_dir = tmp_path / "split"
+    shutil.copytree(tiny_prepared / "split", split_dir)
+    images = sorted((split_dir / "test").glob("*.jpg"))
+    for image in images[:2]:
+        image.unlink()  # a hard link: replace, never write through it
+    images[0].write_bytes(b"definitely not a jpeg")
+    data = (tiny_prepared / "split" / "test" / images[1].name).read_bytes()
+    images[1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"(corrupt or truncated image)"):
+        resize(tiny_data_config, split_dir, tmp_path / "resized", tmp_path / "reports")
+    assert no_temp_files(tmp_path / "resized")
+    skip = dataclasses.replace(tiny_data_config, on_error="skip")
+    counts = resize(skip, split_dir, tmp_path / "resized", tmp_path / "reports")
+    assert counts["test"] == len(images) - 2
+    assert not (tmp_path / "resized" / "test" / images[0].name).exists()
+    report = (tmp_path / "reports" / "skipped-resize.csv").read_text()
+    assert images[0].name in report and images[1].name in report and "truncated" in report
+
+
+# --------------------------------------------------------------------------- segment
+
+def test_segment_on_tiny_set(tiny_prepared, tiny_raw):
+    for phase in ("train", "test"):
+        for image in (tiny_prepared / "split" / phase).glob("*.jpg"):
+            merged = np.asarray(Image.open(tiny_prepared / "parsing" / phase / f"{image.stem}.png"))
+            lip = Image.open(tiny_raw / "semantic_merge3" / f"{image.stem}.png")
+            expected = LIP_TO_REGION[np.asarray(lip.resize((44, 64), Image.NEAREST))]
+            assert merged.shape == (64, 44) and np.array_equal(merged, expected)
+            assert merged.max() <= 7 and len(np.unique(merged)) >= 4
+
+
+def make_parsing_case(tiny_prepared, tmp_path):
+    raw, split_dir = tmp_path / "raw", tmp_path / "split"
+    shutil.copytree(tiny_prepared / "split", split_dir)
+    (raw / "semantic_merge3").mkdir(parents=True)
+    stems = sorted(p.stem for phase in ("train", "test") for p in (split_dir / phase).glob("*.jpg"))
+    for stem in stems:
+        shutil.copy(tiny_prepared / "raw" / "semantic_merge3" / f"{stem}.png", raw / "semantic_merge3")
+    return raw, split_dir, stems
+
+
+def test_segment_crafted_map_with_crop(tiny_prepared, tmp_path, tiny_data_config):
+    raw, split_dir, stems = make_parsing_case(tiny_prepared, tmp_path)
+    lip = np.zeros((128, 88), np.uint8)
+    lip[:, 4:84] = np.arange(20, dtype=np.uint8).repeat(4)[None, :]  # 4-column bands of ids 0..19
+    lip[:, :4] = 5                                                  # cut away by crop_border 4
+    Image.fromarray(lip).save(raw / "semantic_merge3" / f"{stems[0]}.png")
+    config = dataclasses.replace(tiny_data_config, crop_border=4, image_size=(128, 80))
+    segment(config, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
+    phase = "train" if (split_dir / "train" / f"{stems[0]}.jpg").exists() else "test"
+    merged = np.asarray(Image.open(tmp_path / "parsing" / phase / f"{stems[0]}.png"))
+    assert np.array_equal(merged, LIP_TO_REGION[lip[:, 4:84]])
+
+
+@pytest.mark.parametrize("problem, write", [
+    ("is 64x44 \\(HxW\\), expected 128x88", lambda p: Image.fromarray(np.zeros((64, 44), np.uint8)).save(p)),
+    ("label 23 outside the LIP ids 0..19", lambda p: Image.fromarray(np.full((128, 88), 23, np.uint8)).save(p)),
+    ("mode RGB", lambda p: Image.fromarray(np.zeros((128, 88, 3), np.uint8)).save(p)),
+    ("corrupt or truncated parsing map", lambda p: p.write_bytes(b"\x89PNG broken")),
+    ("parsing map not found", lambda p: p.unlink()),
+])
+def test_segment_bad_parsing_maps(tiny_prepared, tmp_path, tiny_data_config, problem, write):
+    raw, split_dir, stems = make_parsing_case(tiny_prepared, tmp_path)
+    bad = raw / "semantic_merge3" / f"{stems[0]}.png"
+    write(bad)
+    with pytest.raises(DataError, match=problem) as info:
+        segment(tiny_data_config, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
+    assert str(bad) in str(info.value)
+    assert no_temp_files(tmp_path / "parsing")
+    skip = dataclasses.replace(tiny_data_config, on_error="skip")
+    counts = segment(skip, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
+    assert sum(counts.values()) == len(stems) - 1
+    assert not list((tmp_path / "parsing").rglob(f"{stems[0]}.png"))
+    assert stems[0] in (tmp_path / "reports" / "skipped-segment.csv").read_text()
+
+
+# --------------------------------------------------------------------------- consumers
+
+def test_available_pairs_drops_pairs_of_missing_files(tiny_prepared, tmp_path):
+    root = tmp_path / "prep"
+    shutil.copytree(tiny_prepared, root)
+    full = available_pairs("test", root / "split", root / "resized", root / "pose", root / "parsing")
+    assert full == read_pairs(root / "split" / "pairs-test.csv") and full
+    gone = full[0][0]
+    os.unlink(root / "parsing" / "test" / f"{gone[:-4]}.png")
+    kept = available_pairs("test", root / "split", root / "resized", root / "pose", root / "parsing")
+    assert kept == [p for p in full if gone not in p] and len(kept) < len(full)
