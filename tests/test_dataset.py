@@ -1,0 +1,180 @@
+"""PairDataset over prepared data: sample contents, flips, per-epoch pair draws, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from casd import formats, pose
+from casd.dataset import EpochPairSampler, PairDataset, add_pose_input, flip_keypoints
+from casd.errors import DataError
+
+# left/right joint pairs by name, to check the flip permutation independently of its table
+MIRRORED = [(f"right_{part}", f"left_{part}") for part in
+            ("shoulder", "elbow", "wrist", "hip", "knee", "ankle", "eye", "ear")]
+
+
+def write_prepared(root, size=(32, 24), identities=3, poses=3, test_identities=1, seed=0):
+    """Tiny prepared dataset in the contract layout (data/split, resized, pose, parsing) under ``root``.
+
+    Each person: a torso (upper clothes, region 5) and legs (region 7) in the
+    identity's colours around its keypoints, arms (region 6) on the left side
+    only, so that flips are visible. Returns {phase: list of names}.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    names_by_phase = {}
+    for phase, ids in (("train", range(identities)), ("test", range(identities, identities + test_identities))):
+        names, keypoints, pairs = [], [], []
+        (root / "resized" / phase).mkdir(parents=True, exist_ok=True)
+        (root / "parsing" / phase).mkdir(parents=True, exist_ok=True)
+        (root / "split").mkdir(parents=True, exist_ok=True)
+        for ident in ids:
+            colours = rng.integers(0, 256, size=(3, 3))
+            person = []
+            for p in range(poses):
+                name = f"fashionWOMENDressesid{ident:08d}0{p + 1}_{p + 1}front.jpg"
+                kp = np.full((18, 2), -1, dtype=np.int16)
+                cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
+                kp[1] = (cy - h // 4, cx)                  # neck
+                kp[2], kp[5] = (cy - h // 4, cx - 3), (cy - h // 4, cx + 3)   # shoulders: right at smaller x
+                kp[8], kp[11] = (cy + 2, cx - 2), (cy + 2, cx + 2)          # hips
+                kp[9], kp[12] = (min(cy + h // 4, h - 1), cx - 2), (min(cy + h // 4, h - 1), cx + 2)  # knees
+                kp[0] = (max(cy - h // 3, 0), cx)          # nose
+                kp[7] = (cy, min(cx + 6, w - 1))           # left wrist only
+                regions = np.zeros((h, w), np.uint8)
+                regions[kp[1, 0]:kp[8, 0], kp[2, 1]:kp[5, 1] + 1] = 5
+                regions[kp[8, 0]:kp[9, 0], kp[8, 1]:kp[11, 1] + 1] = 7
+                regions[kp[5, 0]:kp[7, 0] + 1, kp[5, 1] + 1:kp[7, 1] + 1] = 6
+                image = np.full((h, w, 3), 200, np.uint8)
+                for region, colour in zip((5, 7, 6), colours):
+                    image[regions == region] = colour
+                Image.fromarray(image).save(root / "resized" / phase / name, quality=95)
+                Image.fromarray(regions).save(root / "parsing" / phase / (name[:-4] + ".png"))
+                names.append(name)
+                keypoints.append(kp)
+                person.append(name)
+            pairs += [(a, b) for a in person for b in person if a != b]
+        formats.write_pairs(root / "split" / f"pairs-{phase}.csv", pairs)
+        (root / "pose").mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(root / "pose" / f"{phase}.npz", names=np.array(names, dtype=str),
+                            keypoints=np.stack(keypoints))
+        names_by_phase[phase] = names
+    return names_by_phase
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_prepared(root)
+    return root
+
+
+def test_sample_contents(prepared):
+    ds = PairDataset(prepared, "train", (32, 24))
+    assert len(ds) == 3 * 3 * 2
+    s = ds[0]
+    for key in ("P1", "P2"):
+        assert s[key].shape == (3, 32, 24) and s[key].dtype == torch.float32
+        assert -1.0 <= s[key].min() and s[key].max() <= 1.0
+    for key in ("SP1", "SP2"):
+        assert s[key].shape == (8, 32, 24)
+        assert torch.equal(s[key].sum(0), torch.ones(32, 24))  # one-hot
+    assert s["BP1"].shape == (30, 32, 24) and s["K1"].shape == (18, 2)
+    src, dst = formats.read_pairs(prepared / "split" / "pairs-train.csv")[0]
+    assert (s["P1_name"], s["P2_name"]) == (src, dst)
+    keypoints = pose.load_keypoints(prepared / "pose" / "train.npz")
+    assert torch.equal(s["K2"], torch.from_numpy(keypoints[dst].astype(np.int64)))
+    # image pixels come from the file (JPEG, so approximately)
+    raw = np.asarray(Image.open(prepared / "resized" / "train" / src), dtype=np.float32) / 127.5 - 1
+    assert torch.allclose(s["P1"].permute(1, 2, 0), torch.from_numpy(raw), atol=1e-6)
+    # the pose input is exactly casd.pose's rendering, in the loader or batched
+    assert torch.equal(s["BP2"], pose.pose_input(s["K2"][None], (32, 24))[0])
+    lazy = PairDataset(prepared, "train", (32, 24), render_pose=False, preload=False)[0]
+    assert "BP1" not in lazy and torch.equal(lazy["P1"], s["P1"]) and torch.equal(lazy["SP2"], s["SP2"])
+    batch = torch.utils.data.default_collate([lazy, lazy])
+    assert torch.equal(add_pose_input(batch, (32, 24))["BP1"][1], s["BP1"])
+
+
+def test_flip_permutation_swaps_named_left_right_joints():
+    names = pose.KEYPOINT_NAMES
+    perm = pose.FLIP_PERMUTATION
+    for right, left in MIRRORED:
+        assert perm[names.index(right)] == names.index(left) and perm[names.index(left)] == names.index(right)
+    for centre in ("nose", "neck"):
+        assert perm[names.index(centre)] == names.index(centre)
+    kp = torch.full((18, 2), -1, dtype=torch.long)
+    kp[names.index("right_shoulder")] = torch.tensor([5, 2])
+    kp[names.index("nose")] = torch.tensor([1, 10])
+    flipped = flip_keypoints(kp, width=24)
+    assert flipped[names.index("left_shoulder")].tolist() == [5, 21]   # x -> W-1-x, now called left
+    assert flipped[names.index("right_shoulder")].tolist() == [-1, -1]  # the missing left one moved over
+    assert flipped[names.index("nose")].tolist() == [1, 13]
+    assert torch.equal(flip_keypoints(flipped, 24), kp)  # an involution
+
+
+def test_merged_regions_have_no_left_right():
+    # mirroring swaps LIP's left/right labels; after the merge they must be the same region,
+    # which is why the dataset flips parsing maps by pixels only
+    assert np.array_equal(formats.LIP_TO_REGION[formats.LIP_FLIP], formats.LIP_TO_REGION)
+    assert not np.array_equal(formats.LIP_FLIP, np.arange(20))
+
+
+def test_flipped_sample_is_consistent(prepared):
+    ds = PairDataset(prepared, "train", (32, 24))
+    plain, flipped = ds[(4, False)], ds[(4, True)]
+    for tag in ("1", "2"):
+        assert torch.equal(flipped[f"P{tag}"], plain[f"P{tag}"].flip(-1))
+        assert torch.equal(flipped[f"SP{tag}"], plain[f"SP{tag}"].flip(-1))
+        k, kf = plain[f"K{tag}"], flipped[f"K{tag}"]
+        names = pose.KEYPOINT_NAMES
+        for right, left in MIRRORED:
+            r, l_ = names.index(right), names.index(left)
+            if (k[r] >= 0).all():
+                assert kf[l_].tolist() == [k[r, 0].item(), 23 - k[r, 1].item()]
+        # the arm region (drawn on the person's left side only) moved with the wrist, which is now
+        # called the right wrist: labels and joints still agree after the flip
+        wrist = kf[names.index("right_wrist")]
+        assert flipped[f"SP{tag}"][6, wrist[0], wrist[1]] == 1
+        # pose maps rendered from the flipped keypoints are the mirrored maps, channels swapped
+        bp, bpf = plain[f"BP{tag}"], flipped[f"BP{tag}"]
+        perm = torch.as_tensor(pose.FLIP_PERMUTATION)
+        assert torch.equal(bpf[:18], bp[:18].flip(-1)[perm])
+
+
+def test_epoch_pairs_are_seeded_per_epoch_and_rank():
+    a = EpochPairSampler(100, 40, seed=3, flip=True)
+    b = EpochPairSampler(100, 40, seed=3, flip=True)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    first = list(a)
+    assert first == list(b) and len(first) == 40
+    assert any(f for _, f in first) and not all(f for _, f in first)
+    b.set_epoch(3)
+    assert list(b) != first
+    b.set_epoch(2, start=15)
+    assert list(b) == first[15:] and len(b) == 25
+    # two ranks split the epoch and draw different pairs
+    r0, r1 = (EpochPairSampler(100, 40, seed=3, rank=r, world_size=2) for r in (0, 1))
+    assert len(list(r0)) == 20 and list(r0) != list(r1)
+    # with replacement: 4000 draws of 10 pairs repeat
+    draws = [i for i, _ in EpochPairSampler(10, 4000)]
+    assert len(draws) == 4000 and set(draws) == set(range(10))
+    assert not any(f for _, f in EpochPairSampler(10, 50, flip=False))
+
+
+def test_bad_inputs_name_the_file(prepared, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(prepared, root)
+    name = sorted((root / "resized" / "train").iterdir())[0]
+    name.unlink()
+    with pytest.raises(DataError, match=r"pairs-train.csv, row \d+: .*not found"):
+        PairDataset(root, "train", (32, 24))
+    with pytest.raises(DataError, match="image is 32x24, expected 64x44"):
+        PairDataset(prepared, "train", (64, 44))
+    with pytest.raises(DataError, match="pairs file not found"):
+        PairDataset(tmp_path / "nothing", "train", (32, 24))
