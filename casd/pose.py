@@ -96,71 +96,113 @@ def load_keypoints(npz_path: str | Path) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- maps
 
-def _grid(size: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    h, w = size
-    ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
-    xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
-    return ys, xs
-
-
 def _present(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, K] bool: joint given and inside the map (an off-map joint has no pixel, as upstream)."""
     y, x = keypoints[..., 0], keypoints[..., 1]
     return (y >= 0) & (x >= 0) & (y < size[0]) & (x < size[1])
 
 
-def pose_maps(keypoints: torch.Tensor, size: tuple[int, int], mode: str = "onehot",
-              sigma: float = 6.0) -> torch.Tensor:
-    """Keypoints [B, 18, 2] (y, x; -1 missing) -> joint maps [B, 18, H, W] float32.
-
-    onehot: 1.0 at the joint pixel, 0 elsewhere. gaussian: exp(-d^2 / (2 sigma^2)).
-    """
+def _check(keypoints: torch.Tensor) -> None:
     if keypoints.dim() != 3 or keypoints.shape[-1] != 2:
         raise ValueError(f"keypoints must be [B, K, 2], got {tuple(keypoints.shape)}")
+
+
+def _pose_maps_into(out: torch.Tensor, keypoints: torch.Tensor, size: tuple[int, int], mode: str,
+                    sigma: float) -> None:
+    """Fill ``out`` [B, K, H, W] (a view of a contiguous [B, C, H, W] tensor) with the joint maps."""
     h, w = size
-    b, k, _ = keypoints.shape
     present = _present(keypoints, size)
     if mode == "onehot":
-        maps = torch.zeros(b * k, h * w, dtype=torch.float32, device=keypoints.device)
-        flat = (keypoints[..., 0].long() * w + keypoints[..., 1].long()).reshape(-1)
-        rows = torch.nonzero(present.reshape(-1)).squeeze(1)
-        maps[rows, flat[rows]] = 1.0
-        return maps.view(b, k, h, w)
-    if mode == "gaussian":
-        ys, xs = _grid(size, keypoints.device)
+        out.zero_()
+        b_index, k_index = torch.nonzero(present, as_tuple=True)
+        out[b_index, k_index, keypoints[b_index, k_index, 0].long(), keypoints[b_index, k_index, 1].long()] = 1.0
+    elif mode == "gaussian":
+        # exp(-(dy^2 + dx^2) / 2 sigma^2) = exp(-dy^2 / 2 sigma^2) * exp(-dx^2 / 2 sigma^2): one outer product.
         kp = keypoints.to(torch.float32)
-        d2 = (ys - kp[..., 0, None, None]) ** 2 + (xs - kp[..., 1, None, None]) ** 2
-        return torch.exp(d2 * (-0.5 / sigma ** 2)) * present[..., None, None]
-    raise ValueError(f"pose map mode must be onehot or gaussian, got {mode!r}")
+        ys = torch.arange(h, device=keypoints.device, dtype=torch.float32)
+        xs = torch.arange(w, device=keypoints.device, dtype=torch.float32)
+        gy = torch.exp((ys - kp[..., 0, None]) ** 2 * (-0.5 / sigma ** 2)) * present[..., None]   # [B, K, H]
+        gx = torch.exp((xs - kp[..., 1, None]) ** 2 * (-0.5 / sigma ** 2))                       # [B, K, W]
+        torch.mul(gy[..., :, None], gx[..., None, :], out=out)
+    else:
+        raise ValueError(f"pose map mode must be onehot or gaussian, got {mode!r}")
 
 
-def limb_maps(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Keypoints [B, 18, 2] (y, x; -1 missing) -> limb distance maps [B, 12, H, W] float32.
-
-    value = exp(-0.1 * distance from the pixel to the line through the limb's two joints).
-    """
-    ys, xs = _grid(size, keypoints.device)
-    a_index = torch.tensor([a for a, _ in LIMBS], device=keypoints.device)
-    b_index = torch.tensor([b for _, b in LIMBS], device=keypoints.device)
+def _limb_maps_into(out: torch.Tensor, keypoints: torch.Tensor, size: tuple[int, int]) -> None:
+    """Fill ``out`` [B, 12, H, W] with the limb distance maps."""
+    h, w = size
+    device = keypoints.device
+    a_index = torch.tensor([a for a, _ in LIMBS], device=device)
+    b_index = torch.tensor([b for _, b in LIMBS], device=device)
     kp = keypoints.to(torch.float32)
     present = _present(keypoints, size)
-    y1, x1 = kp[:, a_index, 0, None, None], kp[:, a_index, 1, None, None]  # [B, 12, 1, 1]
-    y2, x2 = kp[:, b_index, 0, None, None], kp[:, b_index, 1, None, None]
-    dy, dx = y2 - y1, x2 - x1
+    valid = present[:, a_index] & present[:, b_index]                     # [B, 12]
+    y1, x1 = kp[:, a_index, 0], kp[:, a_index, 1]                         # [B, 12]
+    dy, dx = kp[:, b_index, 0] - y1, kp[:, b_index, 1] - x1
     length = torch.sqrt(dy * dy + dx * dx)
-    degenerate = length == 0
-    # |cross((p - p1), (p2 - p1))| / |p2 - p1| is the distance to the infinite line.
-    line_distance = torch.abs((xs - x1) * dy - (ys - y1) * dx) / torch.where(degenerate, 1.0, length)
-    point_distance = torch.sqrt((ys - y1) ** 2 + (xs - x1) ** 2)
-    distance = torch.where(degenerate, point_distance, line_distance)
-    valid = (present[:, a_index] & present[:, b_index])[..., None, None]
-    return torch.exp(-LIMB_DECAY * distance) * valid
+    degenerate = valid & (length == 0)
+    # Signed distance to the line = ((x - x1) dy - (y - y1) dx) / |p2 - p1| = u(x) + v(y): two small vectors,
+    # one broadcast add over [B, 12, H, W], then abs / neg / exp in place (no full-size temporaries).
+    # A missing joint makes u infinite, so its channel comes out exp(-inf) = 0 without a masking pass.
+    scale = LIMB_DECAY / torch.where(length == 0, 1.0, length)
+    xs = torch.arange(w, device=device, dtype=torch.float32)
+    ys = torch.arange(h, device=device, dtype=torch.float32)
+    u = (xs - x1[..., None]) * (dy * scale)[..., None]                    # [B, 12, W]
+    v = (ys - y1[..., None]) * (-dx * scale)[..., None]                   # [B, 12, H]
+    u = torch.where(valid[..., None], u, torch.inf)
+    torch.add(u[..., None, :], v[..., :, None], out=out)
+    out.abs_().neg_().exp_()
+    if degenerate.any():  # both joints on one pixel: the line is undefined, use the distance to that point
+        bi, li = torch.nonzero(degenerate, as_tuple=True)
+        d2 = (ys[:, None] - y1[bi, li, None, None]) ** 2 + (xs[None, :] - x1[bi, li, None, None]) ** 2
+        out[bi, li] = torch.exp(-LIMB_DECAY * torch.sqrt(d2))
+
+
+def _output(keypoints: torch.Tensor, channels: int, size: tuple[int, int], out: torch.Tensor | None) -> torch.Tensor:
+    shape = (keypoints.shape[0], channels, *size)
+    if out is None:
+        return torch.empty(shape, dtype=torch.float32, device=keypoints.device)
+    if tuple(out.shape) != shape or out.dtype != torch.float32:
+        raise ValueError(f"out must be a float32 tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}")
+    return out
+
+
+def pose_maps(keypoints: torch.Tensor, size: tuple[int, int], mode: str = "onehot",
+              sigma: float = 6.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Keypoints [B, 18, 2] (y, x; -1 missing) -> joint maps [B, 18, H, W] float32.
+
+    onehot: 1.0 at the joint pixel, 0 elsewhere. gaussian: exp(-d^2 / (2 sigma^2)). Missing or
+    off-map joint: zeros. ``out``: optional preallocated result (reusing one buffer avoids the
+    page faults of a fresh allocation, which cost more than the rendering on CPU).
+    """
+    _check(keypoints)
+    out = _output(keypoints, keypoints.shape[1], size, out)
+    _pose_maps_into(out, keypoints, size, mode, sigma)
+    return out
+
+
+def limb_maps(keypoints: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Keypoints [B, 18, 2] (y, x; -1 missing) -> limb distance maps [B, 12, H, W] float32.
+
+    value = exp(-0.1 * distance from the pixel to the infinite line through the limb's two joints).
+    """
+    _check(keypoints)
+    out = _output(keypoints, NUM_LIMBS, size, out)
+    _limb_maps_into(out, keypoints, size)
+    return out
 
 
 def pose_input(keypoints: torch.Tensor, size: tuple[int, int], mode: str = "onehot",
-               sigma: float = 6.0) -> torch.Tensor:
-    """The generator's pose input: cat(pose_maps, limb_maps) [B, 30, H, W]."""
-    return torch.cat([pose_maps(keypoints, size, mode, sigma), limb_maps(keypoints, size)], dim=1)
+               sigma: float = 6.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The generator's pose input: cat(pose_maps, limb_maps) [B, 30, H, W], written in place (no concatenation).
+
+    ``out``: optional preallocated [B, 30, H, W] float32 result.
+    """
+    _check(keypoints)
+    out = _output(keypoints, NUM_KEYPOINTS + NUM_LIMBS, size, out)
+    _pose_maps_into(out[:, :NUM_KEYPOINTS], keypoints, size, mode, sigma)
+    _limb_maps_into(out[:, NUM_KEYPOINTS:], keypoints, size)
+    return out
 
 
 # --------------------------------------------------------------------------- stage

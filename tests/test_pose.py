@@ -180,3 +180,14 @@ def test_load_keypoints_rejects_other_files(tmp_path):
     (tmp_path / "y.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a keypoint file"):
         load_keypoints(tmp_path / "y.npz")
+
+
+def test_pose_input_into_preallocated_buffer():
+    batch = torch.stack([keypoints({1: (4, 6), 2: (4, 2), 3: (4, 2)}), keypoints({0: (1, 1)})])
+    buffer = torch.full((2, 30, 20, 14), 7.0)  # stale values must all be overwritten
+    out = pose_input(batch, SIZE, out=buffer)
+    assert out.data_ptr() == buffer.data_ptr() and torch.equal(out, pose_input(batch, SIZE))
+    gaussian = pose_input(batch, SIZE, "gaussian", 3.0, out=buffer)
+    assert torch.allclose(gaussian[:, :18], pose_maps(batch, SIZE, "gaussian", 3.0))
+    with pytest.raises(ValueError, match="out must be"):
+        pose_input(batch, SIZE, out=torch.empty(2, 29, 20, 14))
