@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 from pathlib import Path
@@ -231,15 +230,3 @@ def export_upstream_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
     for key, shape in upstream_unused(generator.config).items():
         state[key] = torch.ones(shape) if key.endswith("running_var") else torch.zeros(shape)
     return state
-
-
-def import_cli(argv: list[str]) -> None:
-    """``casd import-checkpoint UPSTREAM.pth OUT.pt``: convert an upstream generator to this project's format."""
-    parser = argparse.ArgumentParser(prog="casd import-checkpoint", description=import_cli.__doc__)
-    parser.add_argument("source", help="upstream latest_net_netG.pth (state dict, optionally DataParallel)")
-    parser.add_argument("output", help="where to write the converted generator checkpoint")
-    args = parser.parse_args(argv)
-    generator = load_upstream_generator(args.source)
-    save_checkpoint(args.output, {"generator": generator.state_dict(), "model_config": vars(generator.config),
-                                  "source": str(args.source)})
-    print(f"{args.source} -> {args.output}")

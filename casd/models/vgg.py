@@ -44,10 +44,19 @@ NO_WEIGHTS = ("none", "random")
 
 
 def _vgg19_layers(count: int) -> nn.Sequential:
-    """The first ``count`` modules of torchvision's VGG19 ``features`` (its default random init)."""
-    from torchvision.models import vgg19
+    """The first ``count`` modules of torchvision's VGG19 ``features``, with torchvision's random init.
 
-    return nn.Sequential(*list(vgg19(weights=None).features.children())[:count])
+    Built from torchvision's layer table, not ``vgg19()``: that would also build
+    (and initialise, ~3 s) the 120M-value classifier nobody here uses.
+    """
+    from torchvision.models.vgg import cfgs, make_layers
+
+    layers = nn.Sequential(*list(make_layers(cfgs["E"], batch_norm=False).children())[:count])
+    for module in layers:
+        if isinstance(module, nn.Conv2d):  # torchvision VGG's init
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return layers
 
 
 def load_vgg19_features(spec: str, purpose: str) -> dict[str, torch.Tensor] | None:

@@ -1,0 +1,338 @@
+"""The test stage: generate every test pair, in batches, resumably.
+
+For each (source, target) row of ``data/split/pairs-test.csv`` the generator
+renders the source person in the target's pose; the picture is written as
+
+    data/generated/<source stem>___<target stem>.png     (:func:`output_name`)
+
+at ``data.image_size``, the same frame as the ground truth
+``data/resized/test/<target>``, so that the evaluate stage compares them pixel
+for pixel. For ``test.strips`` pairs spread evenly over the list, a strip
+``source | target pose | generated | ground truth`` goes to
+``data/strips/<same name>.png``.
+
+Upstream generates one pair at a time; here ``test.batch_size`` pairs go
+through the network at once (fp16 autocast on CUDA with ``test.amp: auto``).
+The generator's attention-modulated norm takes statistics over the whole batch
+(an upstream quirk the released weights depend on), so the decoder runs per
+sample under ``torch.func.vmap`` (:func:`casd.generate.decode_per_sample`):
+a batch gives the same pictures as batch-1 calls, only faster.
+
+Resuming: every file is written atomically, so a file that exists is
+complete. ``data/generated/manifest.json`` records a fingerprint of what decides
+the pictures (checkpoint bytes, image size, pose rendering, AMP); a restarted
+stage with the same fingerprint skips the pairs already written, a different
+fingerprint clears the old pictures first. (``dvc.yaml`` marks the outputs
+``persist: true`` so that DVC does not delete them before a rerun.)
+
+``test.checkpoint`` is a project checkpoint (``models/generator.pt`` of the
+train stage, a ``checkpoints/*.pt`` training state, or an imported one) or an
+upstream release ``latest_net_netG.pth`` (a plain state dict, converted on the
+fly by :func:`casd.checkpoint.load_upstream_generator`), so that with
+DeepFashion data ``dvc repro evaluate`` reproduces the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from casd.config import from_dict, load_params
+from casd.errors import ConfigError, DataError
+from casd.fileio import atomic_path, safe_name, write_json
+
+AMP_MODES = ("auto", "none", "fp16", "bf16")
+GENERATED_DIR = Path("data/generated")
+STRIPS_DIR = Path("data/strips")
+MANIFEST = "manifest.json"
+SEPARATOR = "___"  # between the two stems of an output name; flat DeepFashion names never contain it
+_FINGERPRINT_VERSION = 1
+
+
+@dataclass
+class TestConfig:
+    """The ``test:`` section of params.yaml."""
+
+    __test__ = False  # not a pytest class
+
+    checkpoint: str = "models/generator.pt"  # project checkpoint, or upstream latest_net_netG.pth
+    batch_size: int = 8                      # pairs per generator call
+    device: str = "auto"                     # auto (cuda if available) | cpu | cuda | cuda:N
+    amp: str = "auto"                        # auto (fp16 on CUDA, none on CPU) | none | fp16 | bf16
+    strips: int = 16                         # strips for this many pairs spread over the list; -1 = all, 0 = none
+    limit: int = 0                           # only the first N pairs (quick looks); 0 = all
+    workers: int = 0                         # DataLoader worker processes reading the test images
+
+    def __post_init__(self):
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"params.yaml [test]: amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"params.yaml [test]: batch_size must be >= 1, got {self.batch_size}")
+        if int(self.limit) < 0 or int(self.workers) < 0 or int(self.strips) < -1:
+            raise ConfigError("params.yaml [test]: limit and workers must be >= 0, strips >= -1")
+
+
+@dataclass
+class TestJob:
+    """Everything the test stage reads from params.yaml, typed."""
+
+    __test__ = False
+
+    test: TestConfig
+    image_size: tuple[int, int]              # data.image_size
+    pose_mode: str = "onehot"                # pose.mode  (for upstream checkpoints, which do not record it)
+    pose_sigma: float = 6.0                  # pose.sigma
+    model: dict | None = None                # model: section (upstream checkpoints: the architecture)
+    data_root: Path = Path("data")
+    out_dir: Path = GENERATED_DIR
+    strips_dir: Path = STRIPS_DIR
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "TestJob":
+        data = params.get("data") or {}
+        size = data.get("image_size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            raise ConfigError(f"params.yaml [data]: image_size must be [H, W] integers, got {size!r}")
+        pose = params.get("pose") or {}
+        return cls(test=from_dict(TestConfig, params.get("test"), "test"), image_size=(size[0], size[1]),
+                   pose_mode=str(pose.get("mode", "onehot")), pose_sigma=float(pose.get("sigma", 6.0)),
+                   model=dict(params.get("model") or {}))
+
+
+def output_name(source: str, target: str) -> str:
+    """``<source stem>___<target stem>.png``: the generated picture of one pair."""
+    stem = lambda name: name[:-4] if name.lower().endswith((".jpg", ".png")) else name  # noqa: E731
+    return safe_name(f"{stem(source)}{SEPARATOR}{stem(target)}.png", "pairs")
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``test.amp`` on ``device`` (None = full precision)."""
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
+def load_any_generator(path: str | Path, model: Mapping[str, Any] | None = None,
+                       device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A project checkpoint or an upstream generator state dict -> (Generator in eval mode, info).
+
+    ``info`` holds what the checkpoint records (``image_size``, ``pose_mode``,
+    ``pose_sigma`` for project checkpoints) and ``"source": "casd" | "upstream"``.
+    ``model``: params.yaml ``model:`` -- the architecture of an upstream state
+    dict (upstream defaults when absent; ``vgg_weights`` is ignored, the VGG
+    comes from the checkpoint).
+    """
+    from casd.checkpoint import load_checkpoint, load_upstream_generator
+    from casd.generate import load_generator
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        overrides = {k: v for k, v in dict(model or {}).items() if k != "vgg_weights"}
+        generator = load_upstream_generator(state, **overrides)
+        return generator.to(device).eval(), {"source": "upstream"}
+    del state
+    generator, _, info = load_generator(path, device)
+    return generator, {**info, "source": "casd"}
+
+
+def fingerprint(checkpoint: Path, image_size, pose_mode: str, pose_sigma: float, amp: torch.dtype | None) -> str:
+    """Hash of everything that decides the generated pictures."""
+    h = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    h.update(json.dumps([_FINGERPRINT_VERSION, list(image_size), pose_mode, pose_sigma, str(amp)]).encode())
+    return h.hexdigest()[:20]
+
+
+def strip_indices(count: int, strips: int) -> set[int]:
+    """Indices of the pairs that get a strip: ``strips`` spread evenly over ``count`` (-1: all)."""
+    if strips < 0 or strips >= count:
+        return set(range(count))
+    return set(np.linspace(0, count - 1, strips).round().astype(int).tolist()) if strips else set()
+
+
+def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest: dict) -> None:
+    """Keep the pictures of a run with the same fingerprint; clear those of another."""
+    path = out_dir / MANIFEST
+    previous = None
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, ValueError):
+            previous = None
+    if previous != stamp:
+        stale = [p for d in (out_dir, strips_dir) if d is not None and d.is_dir() for p in d.glob("*.png")]
+        if stale:
+            print(f"test: {len(stale)} pictures from another checkpoint or settings are removed", flush=True)
+        for p in stale:
+            p.unlink()
+    write_json(path, {**manifest, "complete": False})
+
+
+@torch.no_grad()
+def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path, *,
+                        strips_dir: str | Path | None = STRIPS_DIR, batch_size: int = 8,
+                        device: torch.device | str = "cpu", amp: torch.dtype | None = None,
+                        strips: int = 16, limit: int = 0, workers: int = 0, stamp: str = "",
+                        info: Mapping[str, Any] | None = None) -> dict:
+    """Generate every pair of ``dataset`` (a :class:`casd.dataset.PairDataset` of the test phase).
+
+    Writes ``out_dir/<output_name>`` per pair, strips for :func:`strip_indices`
+    pairs under ``strips_dir``, and ``out_dir/manifest.json`` (pairs, file
+    names, fingerprint ``stamp``, timing). Pairs whose picture exists under the
+    same ``stamp`` are skipped. Returns the manifest.
+    """
+    from tqdm import tqdm
+
+    from casd.dataset import add_pose_input
+    from casd.generate import decode_per_sample
+    from casd.train import sample_grid, to_uint8
+
+    out_dir = Path(out_dir)
+    strips_dir = Path(strips_dir) if strips_dir is not None else None
+    device = torch.device(device)
+    generator = generator.to(device).eval()
+    names = dataset.names
+    pairs = [(names[int(s)], names[int(t)]) for s, t in dataset.pairs]
+    if limit:
+        pairs = pairs[:limit]
+    files = [output_name(s, t) for s, t in pairs]
+    if len(set(files)) != len(files):
+        dup = next(f for f in files if files.count(f) > 1)
+        raise DataError(dataset.paths["pairs"], f"pair listed twice (output {dup})")
+    with_strip = strip_indices(len(pairs), strips)
+    manifest = {"fingerprint": stamp, "image_size": list(dataset.image_size), "pose_mode": dataset.pose_mode,
+                "amp": str(amp).replace("torch.", "") if amp else "none", "checkpoint_source": (info or {}).get(
+                    "source"), "pairs": [[s, t, f] for (s, t), f in zip(pairs, files)],
+                "strips": sorted(files[i] for i in with_strip)}
+    _prepare_output(out_dir, strips_dir, stamp, manifest)
+
+    def done(i: int) -> bool:
+        return (out_dir / files[i]).is_file() and (i not in with_strip or strips_dir is None
+                                                  or (strips_dir / files[i]).is_file())
+
+    todo = [i for i in range(len(pairs)) if not done(i)]
+    skipped = len(pairs) - len(todo)
+    if skipped:
+        print(f"test: {skipped} of {len(pairs)} pairs already generated, {len(todo)} to go", flush=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    started = time.perf_counter()
+    order = iter(todo)
+    with tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            add_pose_input(batch, dataset.image_size, dataset.pose_mode, dataset.pose_sigma)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                tokens = generator.encode_style(batch["P1"], batch["SP1"])
+                fake = decode_per_sample(generator, batch["BP2"], tokens)
+            fake = fake.float()
+            pictures = to_uint8(fake)  # [B, H, W, 3]
+            for b, picture in enumerate(pictures):
+                i = next(order)
+                with atomic_path(out_dir / files[i]) as tmp:
+                    Image.fromarray(picture).save(tmp, format="PNG")
+                if strips_dir is not None and i in with_strip:
+                    strip = sample_grid(batch["P1"][b:b + 1], batch["K2"][b:b + 1], fake[b:b + 1],
+                                        batch["P2"][b:b + 1], rows=1)
+                    with atomic_path(strips_dir / files[i]) as tmp:
+                        Image.fromarray(strip).save(tmp, format="PNG")
+            bar.update(len(pictures))
+    seconds = time.perf_counter() - started
+    manifest.update(complete=True, generated=len(todo), skipped=skipped, seconds=round(seconds, 3),
+                    pairs_per_s=round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+                    batch_size=batch_size, device=str(device))
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:
+    """The manifest of a finished test stage (DataError if absent or incomplete)."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(path, "not found: run the test stage first (dvc repro test)")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not manifest.get("complete"):
+        raise DataError(path, "the test stage did not finish; run it again (it resumes)")
+    return manifest
+
+
+def run_test(job: TestJob) -> dict:
+    """The test stage: load the checkpoint named by ``test.checkpoint`` and generate every test pair."""
+    from casd.dataset import PairDataset
+
+    cfg = job.test
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.amp, device)
+    checkpoint = Path(cfg.checkpoint)
+    generator, info = load_any_generator(checkpoint, job.model, device)
+    if info["source"] == "casd":
+        recorded = {"data.image_size": (info.get("image_size"), list(job.image_size)),
+                    "pose.mode": (info.get("pose_mode"), job.pose_mode)}
+        differ = [f"{k}: checkpoint {a!r}, params {b!r}" for k, (a, b) in recorded.items()
+                  if a is not None and (list(a) if isinstance(a, (list, tuple)) else a) != b]
+        if differ:
+            raise ConfigError(f"{checkpoint}: trained for other data settings ({'; '.join(differ)})")
+        pose_mode = info.get("pose_mode") or job.pose_mode
+        pose_sigma = float(info.get("pose_sigma") or job.pose_sigma)
+    else:
+        pose_mode, pose_sigma = job.pose_mode, job.pose_sigma
+    if not getattr(generator, "vgg_pretrained", True):
+        print("test: note: this generator's style encoder VGG holds random weights (model.vgg_weights: none)",
+              flush=True)
+    dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False, pose_mode=pose_mode,
+                          pose_sigma=pose_sigma, preload=False)
+    stamp = fingerprint(checkpoint, job.image_size, pose_mode, pose_sigma, amp)
+    manifest = generate_test_pairs(generator, dataset, job.out_dir, strips_dir=job.strips_dir,
+                                   batch_size=cfg.batch_size, device=device, amp=amp, strips=cfg.strips,
+                                   limit=cfg.limit, workers=cfg.workers, stamp=stamp,
+                                   info={**info, "checkpoint": str(checkpoint)})
+    rate = f", {manifest['pairs_per_s']} pairs/s" if manifest.get("pairs_per_s") else ""
+    print(f"test: {len(manifest['pairs'])} pairs -> {job.out_dir} ({manifest['generated']} generated, "
+          f"{manifest['skipped']} already there{rate}); strips -> {job.strips_dir}", flush=True)
+    return manifest
+
+
+def run_from_params(params_path: str | Path = "params.yaml") -> dict:
+    """The test stage: params.yaml -> :func:`run_test` with the standard paths."""
+    return run_test(TestJob.from_params(load_params(params_path)))
+
+
+def test_cli(argv: list[str]) -> None:
+    """``casd test``: generate every test pair (the test stage)."""
+    parser = argparse.ArgumentParser(prog="casd test", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--checkpoint", help="override test.checkpoint")
+    parser.add_argument("--batch-size", type=int, help="override test.batch_size")
+    parser.add_argument("--device", help="override test.device")
+    args = parser.parse_args(argv)
+    job = TestJob.from_params(load_params(args.params))
+    overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "batch_size": args.batch_size,
+                                   "device": args.device}.items() if v is not None}
+    if overrides:
+        job = dataclasses.replace(job, test=dataclasses.replace(job.test, **overrides))
+    run_test(job)
+
+
+test_cli.__test__ = False  # not a pytest test, despite the name

@@ -1,0 +1,173 @@
+"""The test stage: batched generation of every test pair, output names, strips, resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from casd import inference
+from casd.errors import ConfigError
+from tests.conftest import TINY_IMAGE_SIZE
+
+
+def _tiny_generator(seed: int = 0):
+    from casd.models.generator import Generator, GeneratorConfig
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random VGG features: expected in tests
+        generator = Generator(GeneratorConfig.tiny())
+    for p in generator.decoder.parameters():  # non-zero attention gammas etc.: pictures depend on the inputs
+        p.data.add_(0.05 * torch.randn_like(p))
+    return generator.eval()
+
+
+def _save_checkpoint(path, generator):
+    from casd.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
+                           "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
+                           "image_size": list(TINY_IMAGE_SIZE), "pose_mode": "onehot", "pose_sigma": 6.0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny project checkpoints (different weights) and the first one as an upstream state dict."""
+    from casd.checkpoint import export_upstream_state_dict
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    generator = _tiny_generator()
+    torch.save(export_upstream_state_dict(generator), root / "latest_net_netG.pth")
+    return {"casd": _save_checkpoint(root / "generator.pt", generator),
+            "other": _save_checkpoint(root / "other.pt", _tiny_generator(seed=1)),
+            "upstream": root / "latest_net_netG.pth", "model": dataclasses.asdict(generator.config)}
+
+
+def _job(root, out, checkpoint, **test):
+    config = inference.TestConfig(checkpoint=str(checkpoint), device="cpu", **{"batch_size": 4, "strips": 3, **test})
+    return inference.TestJob(test=config, image_size=TINY_IMAGE_SIZE, data_root=root, out_dir=out / "generated",
+                             strips_dir=out / "strips")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_prepared, checkpoints, tmp_path_factory):
+    """One finished run of the test stage, batches of 4 (shared: read it, do not modify it)."""
+    job = _job(tiny_prepared, tmp_path_factory.mktemp("reference"), checkpoints["casd"])
+    return job, inference.run_test(job)
+
+
+@pytest.fixture
+def job(tiny_prepared, checkpoints, tmp_path):
+    return _job(tiny_prepared, tmp_path, checkpoints["casd"])
+
+
+def _pairs(root):
+    from casd.formats import read_pairs
+
+    return read_pairs(root / "split" / "pairs-test.csv")
+
+
+def _same_pictures(dir_a, dir_b, tolerance=0):
+    names = sorted(p.name for p in dir_b.glob("*.png"))
+    assert names and set(names) <= {p.name for p in dir_a.glob("*.png")}
+    for name in names:
+        a = np.asarray(Image.open(dir_a / name)).astype(int)
+        b = np.asarray(Image.open(dir_b / name)).astype(int)
+        assert np.abs(a - b).max() <= tolerance, name
+
+
+def test_every_pair_generated_under_its_name_with_strips(reference, tiny_prepared):
+    job, manifest = reference
+    pairs = _pairs(tiny_prepared)
+    assert len(pairs) >= 9  # three batches of 4 at least partly filled
+    expected = {f"{s[:-4]}___{t[:-4]}.png" for s, t in pairs}
+    assert {p.name for p in job.out_dir.glob("*.png")} == expected
+    assert [tuple(p) for p in manifest["pairs"]] == [(s, t, inference.output_name(s, t)) for s, t in pairs]
+    assert manifest["complete"] and manifest["generated"] == len(pairs) and manifest["skipped"] == 0
+    strips = sorted(job.strips_dir.glob("*.png"))
+    assert len(strips) == 3 and {p.name for p in strips} <= expected
+    h, w = TINY_IMAGE_SIZE
+    picture = np.asarray(Image.open(job.out_dir / strips[0].name))
+    strip = np.asarray(Image.open(strips[0]))
+    assert picture.shape == (h, w, 3) and strip.shape == (h, 4 * w, 3)
+    np.testing.assert_array_equal(strip[:, 2 * w:3 * w], picture)  # source | pose | generated | truth
+    source, target = next((s, t) for s, t in pairs if inference.output_name(s, t) == strips[0].name)
+    truth = np.asarray(Image.open(tiny_prepared / "resized" / "test" / target))
+    assert np.abs(strip[:, 3 * w:].astype(int) - truth).max() <= 1
+    assert picture.std() > 1  # not a blank picture
+
+
+def test_batched_generation_equals_batch_of_one(reference, tiny_prepared, checkpoints, tmp_path):
+    single = _job(tiny_prepared, tmp_path, checkpoints["casd"], batch_size=1, strips=0, limit=5)
+    inference.run_test(single)
+    _same_pictures(reference[0].out_dir, single.out_dir, tolerance=1)
+
+
+def test_restart_after_interruption_skips_finished_pairs(job, monkeypatch):
+    from casd import generate
+
+    calls = {"n": 0}
+    real = generate.decode_per_sample
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the stage is killed during its second batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "decode_per_sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        inference.run_test(job)
+    first = {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("*.png")}
+    assert len(first) == 4  # the first batch was written, nothing half-written
+    assert not json.loads((job.out_dir / "manifest.json").read_text())["complete"]
+    assert not [p for p in job.out_dir.iterdir() if ".tmp" in p.name]
+
+    monkeypatch.setattr(generate, "decode_per_sample", real)
+    manifest = inference.run_test(job)
+    assert manifest["skipped"] == 4 and manifest["generated"] == len(manifest["pairs"]) - 4
+    assert {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("*.png") if p.name in first} == first
+    # a removed strip is regenerated on the next run, nothing else
+    strip = next(job.strips_dir.glob("*.png"))
+    strip.unlink()
+    manifest = inference.run_test(job)
+    assert manifest["generated"] == 1 and strip.is_file()
+
+
+def test_other_checkpoint_replaces_old_pictures(reference, tiny_prepared, checkpoints, tmp_path):
+    import shutil
+
+    job = _job(tiny_prepared, tmp_path, checkpoints["other"])
+    shutil.copytree(reference[0].out_dir, job.out_dir)  # a finished run of the first checkpoint
+    manifest = inference.run_test(job)
+    assert manifest["skipped"] == 0 and manifest["generated"] == len(manifest["pairs"])
+    for path in job.out_dir.glob("*.png"):
+        assert not np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(reference[0].out_dir / path.name)))
+
+
+def test_upstream_state_dict_is_converted_on_the_fly(reference, tiny_prepared, checkpoints, tmp_path):
+    loaded, info = inference.load_any_generator(checkpoints["upstream"], checkpoints["model"])
+    assert info["source"] == "upstream"
+    job = dataclasses.replace(_job(tiny_prepared, tmp_path, checkpoints["upstream"], strips=0, limit=4),
+                              model=checkpoints["model"])
+    assert inference.run_test(job)["checkpoint_source"] == "upstream"
+    _same_pictures(reference[0].out_dir, job.out_dir)
+
+
+def test_limit_and_config_checks(job):
+    limited = dataclasses.replace(job, test=dataclasses.replace(job.test, limit=2, strips=-1))
+    manifest = inference.run_test(limited)
+    assert len(manifest["pairs"]) == 2 and len(list(job.strips_dir.glob("*.png"))) == 2
+    with pytest.raises(ConfigError, match="amp"):
+        inference.TestConfig(amp="fp8")
+    with pytest.raises(ConfigError, match="image_size"):
+        inference.run_test(dataclasses.replace(job, image_size=(128, 88)))
+    assert inference.strip_indices(10, 3) == {0, 4, 9} or len(inference.strip_indices(10, 3)) == 3
+    assert inference.output_name("a_1front.jpg", "b_2back.jpg") == "a_1front___b_2back.png"
