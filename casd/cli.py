@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pose": ("casd.pose", "cli_main", "annotation CSV -> compact keypoints (+ optional upstream .npy maps)"),
     "segment": ("casd.prepare", "segment_cli", "LIP-20 parsing -> 8 merged regions"),
     "train": ("casd.train", "cli_main", "train the model"),
-    "test": ("casd.generate", "test_cli", "generate every test pair"),
+    "test": ("casd.inference", "test_cli", "generate every test pair"),
     "evaluate": ("casd.evaluate", "cli_main", "FID / SSIM / LPIPS of generated images"),
     "generate": ("casd.generate", "cli_main", "pose transfer, try-on, head swap, style interpolation"),
     "import-checkpoint": ("casd.importer", "import_cli", "convert upstream generator (+ discriminator) weights"),

@@ -207,7 +207,6 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
 
     from casd.dataset import add_pose_input
     from casd.generate import decode_per_sample
-    from casd.train import sample_grid, to_uint8
 
     out_dir = Path(out_dir)
     strips_dir = Path(strips_dir) if strips_dir is not None else None
@@ -249,13 +248,13 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                 fake = decode_per_sample(generator, batch["BP2"], tokens)
             fake = fake.float()
             pictures = to_uint8(fake)  # [B, H, W, 3]
+            sources, truths = to_uint8(batch["P1"]), to_uint8(batch["P2"])
             for b, picture in enumerate(pictures):
                 i = next(order)
                 with atomic_path(out_dir / files[i]) as tmp:
                     Image.fromarray(picture).save(tmp, format="PNG")
                 if strips_dir is not None and i in with_strip:
-                    strip = sample_grid(batch["P1"][b:b + 1], batch["K2"][b:b + 1], fake[b:b + 1],
-                                        batch["P2"][b:b + 1], rows=1)
+                    strip = make_strip(sources[b], batch["K2"][b], picture, truths[b])
                     with atomic_path(strips_dir / files[i]) as tmp:
                         Image.fromarray(strip).save(tmp, format="PNG")
             bar.update(len(pictures))
@@ -265,6 +264,20 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                     batch_size=batch_size, device=str(device))
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (round to nearest, as the pictures are stored)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_strip(source: np.ndarray, target_keypoints: torch.Tensor, generated: np.ndarray,
+               truth: np.ndarray) -> np.ndarray:
+    """source | target pose skeleton | generated | ground truth, each uint8 [H, W, 3] -> [H, 4W, 3]."""
+    from casd.generate import draw_skeleton
+
+    skeleton = to_uint8(draw_skeleton(target_keypoints.cpu(), source.shape[:2])[None])[0]
+    return np.concatenate([source, skeleton, generated, truth], axis=1)
 
 
 def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:
