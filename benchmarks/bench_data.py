@@ -53,11 +53,12 @@ def bench_pose_stage(n: int, workdir: Path) -> dict[str, float]:
                           {f"fashionMENDenimid{i:08d}01_1front.jpg": kp[i] for i in range(count)})
     total = n + max(1, n // 10)
     data = DataConfig(image_size=SIZE, annotation_size=SIZE, workers=1)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     extract_pose(data, PoseConfig(), raw, workdir / "pose", workdir / "reports")
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     written = sum(p.stat().st_size for p in (workdir / "pose").glob("*.npz"))
-    return {"ms_per_image": 1000 * seconds / total, "bytes_per_image": written / total, "images": total}
+    return {"ms_per_image": 1000 * seconds / total, "cpu_ms_per_image": 1000 * cpu_seconds / total,
+            "bytes_per_image": written / total, "images": total}
 
 
 def bench_upstream_dense(n: int, workdir: Path) -> dict[str, float]:
@@ -67,16 +68,17 @@ def bench_upstream_dense(n: int, workdir: Path) -> dict[str, float]:
     out = workdir / "upstreamK"
     out.mkdir()
     yy, xx = np.meshgrid(np.arange(SIZE[0]), np.arange(SIZE[1]), indexing="ij")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(n):
         dense = np.zeros(SIZE + (18,), dtype=np.uint8)
         for j, (y, x) in enumerate(kp[i]):
             if y >= 0:
                 dense[..., j] = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 6.0 ** 2))
         np.save(out / f"{i}.npy", dense)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     written = sum(p.stat().st_size for p in out.glob("*.npy"))
-    return {"ms_per_image": 1000 * seconds / n, "bytes_per_image": written / n, "images": n}
+    return {"ms_per_image": 1000 * seconds / n, "cpu_ms_per_image": 1000 * cpu_seconds / n,
+            "bytes_per_image": written / n, "images": n}
 
 
 def upstream_limb_maps(kp: np.ndarray) -> np.ndarray:
@@ -104,10 +106,11 @@ def bench_loader(n: int = 64, batch: int = 16) -> dict[str, float]:
         pose_input(kp[i:i + 1], SIZE)
     single = (time.perf_counter() - start) / n
     buffer = torch.empty(batch, 30, *SIZE)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, n, batch):
         pose_input(kp[i:i + batch], SIZE, out=buffer)
     reused = (time.perf_counter() - start) / n
+    reused_cpu = (time.process_time() - cpu_start) / n
     # Upstream's loader per sample: read the dense 811 KB .npy, recompute the limb maps in numpy float64.
     with tempfile.TemporaryDirectory() as tmp:
         dense = Path(tmp) / "k.npy"
@@ -120,17 +123,20 @@ def bench_loader(n: int = 64, batch: int = 16) -> dict[str, float]:
         upstream = (time.perf_counter() - start) / count
     return {"ms_per_image_batched": 1000 * batched, "ms_per_image_single": 1000 * single,
             "ms_per_image_batched_reused_buffer": 1000 * reused,
+            "cpu_ms_per_image_batched_reused_buffer": 1000 * reused_cpu,
             "upstream_loader_ms_per_image": 1000 * upstream, "batch": batch, "threads": torch.get_num_threads()}
 
 
 def bench_synth(workdir: Path, identities: int = 4) -> dict[str, float]:
     config = SynthConfig(seed=0, image_size=SIZE, categories=4, identities_per_category=identities,
                          poses_per_identity=5)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     counts = generate(config, SIZE, workdir / "synth", workers=1)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     images = counts["train_images"] + counts["test_images"]
-    return {"images_per_second_per_core": images / seconds, "images": images}
+    # One process, one thread: images per CPU second is the per-core rate even on a shared machine.
+    return {"images_per_second_wall": images / seconds, "images_per_cpu_second": images / cpu_seconds,
+            "images": images}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     ours, theirs = results["pose_stage"], results["upstream_dense_npy"]
     results["pose_stage_speedup_vs_reference_4ms"] = 4.0 / ours["ms_per_image"]
+    results["synth_meets_50_images_per_core_second"] = results["synth"]["images_per_cpu_second"] >= 50
     results["pose_stage_bytes_fraction_vs_reference_1.2MB"] = ours["bytes_per_image"] / 1.2e6
     results["pose_stage_speedup_vs_upstream_measured"] = theirs["ms_per_image"] / ours["ms_per_image"]
     print(json.dumps(results, indent=2))

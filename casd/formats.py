@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from casd.errors import ConfigError, DataError
-from casd.fileio import atomic_path, safe_name
+from casd.fileio import atomic_path, safe_name, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -364,7 +364,6 @@ def write_annotations(path: str | Path, keypoints: dict[str, np.ndarray]) -> Non
     for name, kp in keypoints.items():
         kp = np.asarray(kp, dtype=np.int64)
         lines.append(f"{name}:{json.dumps(kp[:, 0].tolist())}:{json.dumps(kp[:, 1].tolist())}")
-    from casd.fileio import write_text
     write_text(path, "\n".join(lines) + "\n")
 
 

@@ -100,7 +100,8 @@ def _run_jobs(function: Callable[[tuple], Problem | None], jobs: list[tuple], wo
             progress.update()
             if problem is not None:
                 problems += 1
-                policy.handle(DataError(*problem))
+                file, row, message = problem
+                policy.handle(DataError(file, message, row))
 
     try:
         if workers <= 1 or len(jobs) < 2:

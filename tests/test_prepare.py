@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -147,15 +148,19 @@ def test_resize_corrupt_and_truncated_images(tiny_prepared, tmp_path, tiny_data_
     images[0].write_bytes(b"definitely not a jpeg")
     data = (tiny_prepared / "split" / "test" / images[1].name).read_bytes()
     images[1].write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=r"(corrupt or truncated image)"):
+    with pytest.raises(DataError, match=r"\.jpg: corrupt or truncated image \(") as info:
         resize(tiny_data_config, split_dir, tmp_path / "resized", tmp_path / "reports")
+    assert str(info.value).startswith(str(split_dir / "test")) and info.value.row is None
     assert no_temp_files(tmp_path / "resized")
     skip = dataclasses.replace(tiny_data_config, on_error="skip")
     counts = resize(skip, split_dir, tmp_path / "resized", tmp_path / "reports")
     assert counts["test"] == len(images) - 2
     assert not (tmp_path / "resized" / "test" / images[0].name).exists()
-    report = (tmp_path / "reports" / "skipped-resize.csv").read_text()
-    assert images[0].name in report and images[1].name in report and "truncated" in report
+    with open(tmp_path / "reports" / "skipped-resize.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "row", "problem"] and len(rows) == 3
+    assert {Path(r[0]).name for r in rows[1:]} == {images[0].name, images[1].name}
+    assert all(r[1] == "" and r[2].startswith("corrupt or truncated image") for r in rows[1:])
 
 
 # --------------------------------------------------------------------------- segment
@@ -206,7 +211,7 @@ def test_segment_bad_parsing_maps(tiny_prepared, tmp_path, tiny_data_config, pro
     write(bad)
     with pytest.raises(DataError, match=problem) as info:
         segment(tiny_data_config, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
-    assert str(bad) in str(info.value)
+    assert str(info.value).startswith(f"{bad}: ")
     assert no_temp_files(tmp_path / "parsing")
     skip = dataclasses.replace(tiny_data_config, on_error="skip")
     counts = segment(skip, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
