@@ -504,16 +504,34 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     return Path(path)
 
 
-def make_strip(panels: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
-    """Panels [3, H, W] side by side with ``gap`` white columns between -> [3, H, N*W + gaps]."""
-    h = panels[0].shape[1]
-    white = torch.ones(3, h, gap)
+def make_strip(panels: Sequence[torch.Tensor], gap: int = 2, scale: int = 1,
+               labels: Sequence[str] | None = None) -> torch.Tensor:
+    """Panels [3, H, W] side by side, ``gap`` white columns between -> [3, H', W'] in [-1, 1].
+
+    ``scale`` > 1 enlarges every panel (nearest neighbour, for viewing small
+    images); ``labels`` (one per panel) adds a caption band above them.
+    """
     pieces: list[torch.Tensor] = []
     for i, panel in enumerate(panels):
+        panel = panel.detach().cpu().float()
+        if scale > 1:
+            panel = panel.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
         if i:
-            pieces.append(white)
-        pieces.append(panel.detach().cpu().float())
-    return torch.cat(pieces, dim=2)
+            pieces.append(torch.ones(3, panel.shape[1], gap))
+        pieces.append(panel)
+    strip = torch.cat(pieces, dim=2)
+    if not labels:
+        return strip
+    band_height = 14
+    band = Image.new("RGB", (strip.shape[2], band_height), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    x = 0
+    for panel, label in zip(panels, labels):
+        width = panel.shape[2] * scale
+        draw.text((x + 2, 1), label, fill=(0, 0, 0))
+        x += width + gap
+    band_t = torch.from_numpy(np.asarray(band, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    return torch.cat([band_t, strip], dim=1)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -563,10 +581,11 @@ def _output_stem(source: str, pose: str, swaps: Mapping[str, str], mix: str | No
 def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
                    swaps: Mapping[str, PersonLike] | None = None, mix: PersonLike | None = None,
                    alpha: float = 0.5, regions: str | None = None, batch_size: int = 8,
-                   strips: bool = True) -> list[Path]:
+                   strips: bool = True, strip_scale: int = 1, labels: bool = False) -> list[Path]:
     """Generate (source, target pose) pairs in batches; write ``<stem>.png`` and ``<stem>_strip.png``.
 
-    Strip: source | target pose | [swap donors | mix partner] | result.
+    Strip: source | target pose | [swap donors | mix partner] | result (``labels``: captioned,
+    ``strip_scale``: enlarged).
     """
     from tqdm import tqdm
 
@@ -593,9 +612,12 @@ def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir
             written.append(save_png(image, out_dir / f"{stem}.png"))
             if strips:
                 panels = [person.image, synth.pose_picture(pose_name), *[d.image for d in donors]]
+                names = ["source", "target pose", *[f"{region} from" for region in swaps]]
                 if partner is not None:
                     panels.append(partner.image)
-                written.append(save_png(make_strip([*panels, image]), out_dir / f"{stem}_strip.png"))
+                    names.append(f"mix {alpha:g}")
+                strip = make_strip([*panels, image], scale=strip_scale, labels=[*names, "result"] if labels else None)
+                written.append(save_png(strip, out_dir / f"{stem}_strip.png"))
     return written
 
 
@@ -624,6 +646,8 @@ def cli_main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-strip", action="store_true", help="write only the generated images")
+    parser.add_argument("--strip-scale", type=int, default=1, metavar="N",
+                        help="enlarge the strip N times (nearest neighbour) and caption its panels when N > 1")
     args = parser.parse_args(argv)
 
     if args.pairs and (args.source or args.pose):
@@ -655,7 +679,8 @@ def cli_main(argv: list[str]) -> None:
     else:
         pairs = [(args.source, args.pose)]
     written = generate_pairs(synth, pairs, args.out, swaps=swaps, mix=args.mix, alpha=args.alpha,
-                             regions=args.regions, batch_size=args.batch_size, strips=not args.no_strip)
+                             regions=args.regions, batch_size=args.batch_size, strips=not args.no_strip,
+                             strip_scale=max(1, args.strip_scale), labels=args.strip_scale > 1)
     for path in written[:4]:
         print(path)
     if len(written) > 4:

@@ -64,9 +64,9 @@ class WeightFile:
 REGISTRY: dict[str, WeightFile] = {w.key: w for w in [
     WeightFile("vgg19", "vgg19-dcbb9e9d.pth",
                "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d",
-               "style encoder (frozen VGG19 features, model.vgg_weights: torchvision), perceptual / content / "
-               "style losses, and the contextual (CX) loss, which uses this torchvision VGG19 in place of "
-               "upstream's vgg_conv.pth", size_hint="548 MB"),
+               "style encoder's frozen VGG19 (model.vgg_weights: torchvision) and the perceptual / content / "
+               "style / contextual (CX) losses (loss.vgg_weights); the CX loss uses this torchvision VGG19 "
+               "in place of upstream's vgg_conv.pth", size_hint="548 MB"),
     WeightFile("vgg-conv-cx", "vgg_conv.pth",
                "https://bethgelab.org/media/uploads/pytorch_models/vgg_conv.pth", "",
                "upstream's CX loss VGG (Caffe VGG19 converted by Gatys et al.; upstream ships it in its Google "
@@ -78,18 +78,21 @@ REGISTRY: dict[str, WeightFile] = {w.key: w for w in [
                "FID (pytorch-fid InceptionV3 pool3)", size_hint="92 MB"),
     WeightFile("alexnet", "alexnet-owt-7be5be79.pth",
                "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79",
-               "LPIPS metric backbone (AlexNet, v0.1)", size_hint="233 MB"),
+               "LPIPS metric backbone (AlexNet, v0.1; casd.metrics)", size_hint="233 MB"),
     WeightFile("lpips-alex-lin", "alex.pth",
                "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth",
-               "df73285e", "LPIPS metric linear layers (AlexNet, v0.1), shipped inside the lpips package",
+               "df73285e", "LPIPS metric linear layers (AlexNet, v0.1; casd.metrics), shipped inside the "
+               "lpips package",
                sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", home="lpips",
                size_hint="6 KB"),
     WeightFile("vgg16", "vgg16-397923af.pth",
                "https://download.pytorch.org/models/vgg16-397923af.pth", "397923af",
-               "LPIPS (VGG) training loss backbone, as upstream's LPIPS(net_type='vgg') term", size_hint="528 MB"),
+               "LPIPS training loss trunk (loss.lpips, VGG16 as upstream's LPIPS(net_type='vgg'); "
+               "loss.lpips_weights)", size_hint="528 MB"),
     WeightFile("lpips-vgg-lin", "vgg.pth",
                "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/vgg.pth",
-               "a78928a0", "LPIPS (VGG) training loss linear layers (v0.1), shipped inside the lpips package",
+               "a78928a0", "LPIPS training loss linear layers (loss.lpips, VGG v0.1), shipped inside the "
+               "lpips package",
                sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868", home="lpips",
                size_hint="7 KB"),
 ]}

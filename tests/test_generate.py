@@ -277,3 +277,14 @@ def test_cli_checkpoint_of_another_configuration(checkpoint, data_root, tmp_path
     err = _run(["--checkpoint", str(tmp_path / "latest_net_netG.pth"), "--source", NAMES[0], "--pose", NAMES[1]],
                capsys)
     assert "casd import-checkpoint" in err
+
+
+def test_strip_scale_and_captions():
+    panels = [torch.full((3, *SIZE), v) for v in (-1.0, 0.0, 1.0)]
+    plain = generate.make_strip(panels)
+    assert plain.shape == (3, SIZE[0], 3 * SIZE[1] + 2 * 2)
+    assert torch.equal(plain[:, :, SIZE[1]:SIZE[1] + 2], torch.ones(3, SIZE[0], 2))  # white gap
+    big = generate.make_strip(panels, scale=3, labels=["source", "pose", "result"])
+    assert big.shape == (3, 14 + 3 * SIZE[0], 3 * 3 * SIZE[1] + 2 * 2)
+    assert torch.equal(big[:, 14:, :3 * SIZE[1]], torch.full((3, 3 * SIZE[0], 3 * SIZE[1]), -1.0))
+    assert (big[:, :14] < 0).any()  # some caption ink
