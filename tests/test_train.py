@@ -1,0 +1,267 @@
+"""Training: end-to-end run, exact resume after SIGKILL, non-finite guard, 2-process DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from casd import train as train_module
+from casd.checkpoint import load_checkpoint
+from casd.errors import ConfigError
+from casd.train import NonFiniteLossError, Outputs, TrainJob, lr_factor, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dataset import write_prepared  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = [32, 24]
+
+
+def tiny_params(**train_overrides) -> dict:
+    """Tiny model and loop on the 32x24 test data; VGG-heavy terms stay on except CX and LPIPS."""
+    train = {"epochs_constant": 2, "epochs_decay": 1, "pairs_per_epoch": 8, "batch_size": 4, "disc_width": 8,
+             "deterministic": True, "threads": 1, "save_every": 2, "checkpoint_every_steps": 1, "log_every": 1,
+             "sample_every": 2, "seed": 7}
+    train.update(train_overrides)
+    return {"data": {"image_size": SIZE}, "pose": {"mode": "onehot", "sigma": 6.0},
+            "model": {"pose_width": 8, "style_width": 8, "width": 16, "mlp_width": 16, "adain_blocks": 2,
+                      "modulated_blocks": 2, "vgg_weights": "none"},
+            "loss": tiny_loss(), "train": train, "tracking": {"enabled": False}}
+
+
+def tiny_loss() -> dict:
+    from casd.losses import LossConfig
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(LossConfig)}
+    loss = {}
+    for key in ("cx", "lpips"):  # the slow terms: off for tests (they have their own tests)
+        if key in names:
+            loss[key] = 0.0
+    for key in ("vgg_weights", "cx_vgg_weights", "lpips_weights"):
+        if key in names:
+            loss[key] = "none"
+    return loss
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_globals():
+    """Training in-process sets deterministic mode and 1 thread (tiny_params): undo it for other tests."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared") / "data"
+    write_prepared(root, size=tuple(SIZE))
+    return root
+
+
+def generator_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["generator"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_lr_schedule_constant_then_linear():
+    factors = [lr_factor(e, 3, 4) for e in range(7)]
+    assert factors[:3] == [1.0, 1.0, 1.0]
+    assert factors[3:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert lr_factor(999, 500, 500) == pytest.approx(1 / 501)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="amp must be one of"):
+        TrainJob.from_params({**tiny_params(), "train": {"amp": "fp8"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainJob.from_params({**tiny_params(), "train": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        TrainJob.from_params({**tiny_params(), "data": {"image_size": [30, 24]}})
+
+
+def test_tiny_training_end_to_end(data_root, tmp_path):
+    out = Outputs.under(tmp_path)
+    summary = train(TrainJob.from_params(tiny_params()), data_root, out)
+    assert summary["epochs"] == 3 and summary["steps"] == 6 and summary["samples"] == 24
+    assert all(map(torch.isfinite, map(torch.tensor, summary["loss"].values())))
+    assert {"l1", "gan", "d_pb", "d_pp", "g_total"} <= set(summary["loss"])
+    rows = out.loss_csv.read_text().splitlines()
+    assert rows[0].startswith("epoch,step,lr,") and len(rows) == 4
+    assert [float(r.split(",")[2]) for r in rows[1:]] == pytest.approx([1e-3, 1e-3, 0.5e-3])
+    assert sorted(p.name for p in out.checkpoint_dir.glob("*.pt")) == ["epoch_0002.pt", "epoch_0003.pt",
+                                                                     "latest.pt"]
+    export = load_checkpoint(out.model)
+    assert export["image_size"] == SIZE and export["steps"] == 6 and export["model_config"]["width"] == 16
+    latest = load_checkpoint(out.checkpoint_dir / "latest.pt")
+    assert_same_weights(export["generator"], latest["generator"])
+    assert latest["epoch"] == 3 and latest["step_in_epoch"] == 0 and len(latest["history"]) == 3
+    initial = train_module.Networks(TrainJob.from_params(tiny_params()).model, 8).generator.state_dict()
+    assert not torch.equal(initial["decoder.to_image.weight"], export["generator"]["decoder.to_image.weight"])
+    from PIL import Image
+
+    # preview of the test pairs (one test identity, 3 poses: 6 pairs): source | pose | generated | truth
+    assert Image.open(out.samples).size == (4 * SIZE[1], 6 * SIZE[0])
+    # finished run + resume auto: nothing left to do, weights unchanged
+    again = train(TrainJob.from_params(tiny_params()), data_root, out)
+    assert again["steps"] == 6
+    assert_same_weights(generator_state(out.model), export["generator"])
+
+
+def test_zero_weight_terms_are_not_built():
+    job = TrainJob.from_params(tiny_params())
+    objective = train_module.Objective(job.loss)
+    assert set(objective.terms) == set(objective.active)
+    assert "cx" not in objective.terms and "lpips" not in objective.terms and "style" in objective.terms
+    cheap = dict(tiny_params()["loss"], perceptual=0, content=0, style=0, cx=0, lpips=0)
+    objective = train_module.Objective(TrainJob.from_params({**tiny_params(), "loss": cheap}).loss)
+    assert objective.active == ("l1", "gan", "amce")
+    assert not any("vgg" in name for name, _ in objective.named_modules())  # no VGG built at all
+
+
+def test_bf16_autocast_and_flip_train(data_root, tmp_path):
+    params = tiny_params(epochs_constant=1, epochs_decay=0, amp="bf16", flip=True, grad_clip=1.0,
+                         checkpoint_every_steps=0, pairs_per_epoch=4)
+    params["loss"].update(perceptual=0, content=0, style=0)  # bf16 convolutions are slow on most CPUs
+    summary = train(TrainJob.from_params(params), data_root, Outputs.under(tmp_path))
+    assert summary["steps"] == 1
+    assert all(map(torch.isfinite, map(torch.tensor, summary["loss"].values())))
+
+
+def _write_workdir(path: Path, data_root: Path, params: dict) -> Path:
+    path.mkdir(parents=True)
+    (path / "data").symlink_to(data_root)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+def _launch(workdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "casd.cli", "train", "--params", "params.yaml"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_and_resume_gives_identical_weights(data_root, tmp_path):
+    """A run SIGKILLed mid-epoch and restarted (resume: auto) ends with the weights of an uninterrupted run."""
+    params = tiny_params(epochs_constant=2, epochs_decay=2, checkpoint_every_steps=1)
+    reference = Outputs.under(tmp_path / "reference")
+    train(TrainJob.from_params(params), data_root, reference)  # in-process: same settings, 1 thread, deterministic
+
+    killed = _write_workdir(tmp_path / "killed", data_root, params)
+    latest = killed / "checkpoints" / "latest.pt"
+    proc = _launch(killed)
+    deadline = time.monotonic() + 180
+    while True:  # kill as soon as a mid-epoch checkpoint (step 3 of 8: epoch 2, batch 1) is on disk
+        assert proc.poll() is None, f"training ended before the kill:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        if latest.exists():
+            try:
+                step = load_checkpoint(latest)["global_step"]
+            except Exception:  # replaced while being read
+                step = -1
+            if step >= 3:
+                break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models" / "generator.pt").exists(), "the run finished before it was killed"
+    at_kill = load_checkpoint(latest)
+    assert 3 <= at_kill["global_step"] < 8 and at_kill["epoch"] < 4
+    proc = _launch(killed)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    assert "resuming" in output
+    ref, res = load_checkpoint(reference.checkpoint_dir / "latest.pt"), load_checkpoint(latest)
+    assert ref["global_step"] == res["global_step"] == 8
+    assert_same_weights(ref["generator"], res["generator"])
+    for key in ("d_pb", "d_pp"):
+        assert_same_weights(ref["discriminators"][key], res["discriminators"][key])
+    assert_same_weights(generator_state(reference.model), generator_state(killed / "models" / "generator.pt"))
+    assert ref["optimizers"]["generator"]["state"][0]["exp_avg"].equal(
+        res["optimizers"]["generator"]["state"][0]["exp_avg"])
+    drop = {"samples_per_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ref["history"]] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in res["history"]]
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(data_root, tmp_path, capsys):
+    out = Outputs.under(tmp_path)
+    train(TrainJob.from_params(tiny_params(epochs_constant=1, epochs_decay=0)), data_root, out)
+    summary = train(TrainJob.from_params(tiny_params(epochs_constant=1, epochs_decay=0, lr=5e-4)), data_root, out)
+    assert "starting from scratch" in capsys.readouterr().err
+    assert summary["steps"] == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
+    out = Outputs.under(tmp_path)
+    original = train_module.Objective.generator_terms
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third step: l1 becomes NaN
+            terms["l1"] = terms["l1"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module.Objective, "generator_terms", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 2, batch 1\): l1 = nan.*last good checkpoint"):
+        train(TrainJob.from_params(tiny_params()), data_root, out)
+    latest = load_checkpoint(out.checkpoint_dir / "latest.pt")
+    assert latest["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in latest["generator"].values() if t.is_floating_point())
+    assert not out.model.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, params: dict, data_root: str, out_root: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)})
+    log = open(Path(out_root) / f"rank{rank}.log", "w")
+    sys.stdout = log
+    sys.stderr = log
+    trainer = train_module.Trainer(TrainJob.from_params(params), data_root, Outputs.under(out_root))
+    trainer.run()
+    torch.save({"generator": trainer.nets.generator.state_dict(), "d_pb": trainer.nets.d_pb.state_dict(),
+                "steps": trainer.global_step}, Path(out_root) / f"rank{rank}.pt")
+    log.flush()
+
+
+def test_two_process_ddp_on_cpu(data_root, tmp_path):
+    import torch.multiprocessing as mp
+
+    params = tiny_params(epochs_constant=1, epochs_decay=0, checkpoint_every_steps=0)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), params, str(data_root), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 2  # 8 pairs per epoch = 4 per rank, batch 4 = 2 per rank
+    assert_same_weights(r0["generator"], r1["generator"])
+    assert_same_weights(r0["d_pb"], r1["d_pb"])
+    initial = train_module.Networks(TrainJob.from_params(params).model, 8).generator.state_dict()
+    assert not torch.equal(initial["decoder.to_image.weight"], r0["generator"]["decoder.to_image.weight"])
+    log0, log1 = ((tmp_path / f"rank{r}.log").read_text() for r in (0, 1))
+    assert "epoch 1/1" in log0 and "train: done" in log0
+    assert "epoch" not in log1 and "train: done" not in log1
+    latest = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert latest["global_step"] == 2
+    assert_same_weights(latest["generator"], r0["generator"])
