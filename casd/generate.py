@@ -234,11 +234,11 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu"):
     with ``weights_only=True``. A file that is not one of them, or whose weights do
     not fit its own model configuration, is a :class:`DataError` naming it.
     """
-    from casd.checkpoint import load_checkpoint
+    from casd.importer import load_tensors_only
     from casd.models.generator import Generator, GeneratorConfig
 
     path = Path(path)
-    state = load_checkpoint(path)
+    state = load_tensors_only(path)
     if not isinstance(state, dict) or "generator" not in state or "model_config" not in state:
         found = state.get("format", "no format entry") if isinstance(state, dict) else type(state).__name__
         raise DataError(path, f"not a casd generator checkpoint ({found}); an upstream latest_net_netG.pth "

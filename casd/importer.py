@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -54,11 +55,24 @@ def _tensor_state(obj: Any, where: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_upstream_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an upstream ``.pth`` with ``weights_only=True``; anything but a mapping of tensors -> DataError."""
+def load_tensors_only(path: str | Path) -> Any:
+    """:func:`casd.checkpoint.load_checkpoint` (``weights_only=True``), naming the object a refused file holds."""
     from casd.checkpoint import load_checkpoint
 
-    return _tensor_state(load_checkpoint(path), path)
+    try:
+        return load_checkpoint(path)
+    except DataError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e.__cause__ or ""))
+        if found is None:
+            raise
+        raise DataError(path, f"refused: it holds a Python object ({found.group(1)}), not only tensors; "
+                              f"files are loaded with weights_only=True and never run code (save the "
+                              f"model's state_dict() instead)") from None
+
+
+def load_upstream_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an upstream ``.pth`` with ``weights_only=True``; anything but a mapping of tensors -> DataError."""
+    return _tensor_state(load_tensors_only(path), path)
 
 
 def infer_generator_config(state: Mapping[str, torch.Tensor], where: str | Path = "state dict", **overrides):

@@ -84,8 +84,10 @@ def test_round_trip_same_outputs_and_config(upstream_files, tmp_path, capsys):
 def test_refuses_anything_but_tensors(tmp_path):
     evil = tmp_path / "latest_net_netG.pth"
     torch.save({"enc_style.model0.0.weight": torch.zeros(1), "hook": Generator}, evil)  # a class: needs unpickling
-    with pytest.raises(DataError, match="refused"):
+    with pytest.raises(DataError, match=r"refused: it holds a Python object \(casd.models.generator.Generator\)"):
         importer.import_upstream(evil, tmp_path / "out.pt")
+    with pytest.raises(DataError, match="refused"):
+        load_generator(evil)
     numbers = tmp_path / "numbers.pth"
     torch.save({"epoch": 3, "enc_style.model0.0.weight": torch.zeros(1)}, numbers)
     with pytest.raises(DataError, match="non-tensor entries epoch"):
