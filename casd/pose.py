@@ -2,9 +2,10 @@
 
 Stage output ``data/pose/{train,test}.npz``: ``names`` (N,) str and
 ``keypoints`` (N, 18, 2) int16, (y, x) in the ``data.image_size`` frame,
--1 for a missing joint. 72 bytes of keypoints per image instead of upstream's
-dense H x W x 18 ``.npy`` maps (811 KB each at 256x176); the maps are rendered
-on the fly by :func:`pose_input`, batched in torch.
+-1 for a missing joint: 72 bytes of keypoints per image (under 50 bytes
+compressed, name included) instead of upstream's dense H x W x 18 ``.npy``
+maps (811 KB each at 256x176). The maps are rendered on the fly by
+:func:`pose_input`, batched in torch (benchmarks/bench_data.py measures both).
 
 Coordinate rule (:func:`casd.formats.rescale_keypoints`; annotation frame
 (H_ann, W_ann) -> image frame (H, W), crop border c in annotation pixels,
