@@ -638,7 +638,7 @@ def cli_main(argv: list[str]) -> None:
     parser.add_argument("--regions", help="--mix only these regions (comma-separated), default all")
     parser.add_argument("--parsing", action="append", default=[], metavar="[IMAGE=]PNG",
                         help="parsing (merged ids 0..7) of an image given by path; plain PNG = the source's")
-    parser.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="reports/generate", help="output folder (default: %(default)s)")
     parser.add_argument("--params", help="params file the checkpoint was trained with: its model, data.image_size "
                                          "and pose sections must match the checkpoint (default: params.yaml, "
                                          "used only for what the checkpoint does not record)")
