@@ -31,6 +31,15 @@ def _keypoints(rng):
     return kp.astype(np.int16)
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is much faster than several on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """data/{resized,parsing}/test/ and data/pose/test.npz for NAMES, random content."""
