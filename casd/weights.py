@@ -46,6 +46,7 @@ class WeightFile:
     sha256: str = ""    # the whole digest, where it is known
     home: str = "torch-hub"  # standard place: "torch-hub" (cache of torchvision / pytorch-fid) or "lpips" (package)
     size_hint: str = ""  # approximate download size, for the listing
+    fetch_by_default: bool = True  # False: only `casd weights fetch KEY` downloads it (not used by default)
 
     def expected(self) -> str:
         """How the file is checked, in words (for listings and messages)."""
@@ -71,7 +72,8 @@ REGISTRY: dict[str, WeightFile] = {w.key: w for w in [
                "https://bethgelab.org/media/uploads/pytorch_models/vgg_conv.pth", "",
                "upstream's CX loss VGG (Caffe VGG19 converted by Gatys et al.; upstream ships it in its Google "
                "Drive folder). Not used by this project by default: its CX loss uses the torchvision VGG19 "
-               "(vgg19 above); listed for exact upstream replication only", size_hint="80 MB"),
+               "(vgg19 above); listed for exact upstream replication only", size_hint="80 MB",
+               fetch_by_default=False),
     WeightFile("inception-fid", "pt_inception-2015-12-05-6726825d.pth",
                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth", "6726825d",
@@ -244,6 +246,10 @@ def cli_main(argv: list[str]) -> None:
                   f"  looked in: {where}\n  status:    {status(key)}")
         return
     failed = 0
+    if not args.keys:
+        for key in [k for k in keys if not REGISTRY[k].fetch_by_default]:
+            print(f"skipped  {REGISTRY[key].filename}: not used by default; `casd weights fetch {key}` gets it")
+        keys = [k for k in keys if REGISTRY[k].fetch_by_default]
     for key in keys:
         w = REGISTRY[key]
         try:

@@ -117,3 +117,20 @@ def test_unknown_key_is_an_error(capsys):
     with pytest.raises(SystemExit):
         casd_main(["weights", "fetch", "resnet"])
     assert "unknown pretrained file" in capsys.readouterr().err
+
+
+def test_fetch_all_skips_files_not_used_by_default(hub, monkeypatch, capsys):
+    tried = []
+
+    def no_network(url, timeout):
+        tried.append(url)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(weights, "_open_url", no_network)
+    with pytest.raises(SystemExit):
+        casd_main(["weights", "fetch"])
+    out = capsys.readouterr()
+    assert "skipped  vgg_conv.pth" in out.out
+    assert weights.REGISTRY["vgg-conv-cx"].url not in tried and weights.REGISTRY["vgg19"].url in tried
+    # the lpips linear layers are inside the installed package: found, not downloaded
+    assert not any(url.endswith("/v0.1/alex.pth") for url in tried)
