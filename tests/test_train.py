@@ -86,6 +86,21 @@ def test_lr_schedule_constant_then_linear():
     assert lr_factor(999, 500, 500) == pytest.approx(1 / 501)
 
 
+def test_params_files_parse():
+    """params.yaml (demo) and params-deepfashion.yaml (the paper's settings) build a valid job."""
+    from casd.config import load_params
+
+    paper = TrainJob.from_params(load_params(REPO / "params-deepfashion.yaml"))
+    assert paper.image_size == (256, 176)
+    assert (paper.train.epochs_constant, paper.train.epochs_decay, paper.train.pairs_per_epoch,
+            paper.train.batch_size, paper.train.lr, paper.train.beta1) == (500, 500, 4000, 16, 1e-3, 0.5)
+    assert (paper.model.width, paper.model.adain_blocks, paper.model.modulated_blocks) == (256, 4, 4)
+    assert (paper.loss.l1, paper.loss.perceptual, paper.loss.gan, paper.loss.cx, paper.loss.amce, paper.loss.lpips,
+            paper.loss.content, paper.loss.style) == (1, 1, 5, 0.1, 0.1, 1, 0.5, 200)
+    demo = TrainJob.from_params(load_params(REPO / "params.yaml"))
+    assert demo.train.epochs >= 1 and demo.image_size[0] % 4 == 0
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="amp must be one of"):
         TrainJob.from_params({**tiny_params(), "train": {"amp": "fp8"}})
