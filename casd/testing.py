@@ -59,6 +59,25 @@ CASES: dict[str, tuple[int, int, int, int, tuple[tuple[int, ...], ...]]] = {
 
 _QUERY_KEY = re.compile(r"dec\.(query|key)\d+_conv\.weight$")
 
+# Backward equivalence: gradients of gradient_objective w.r.t. these upstream-named parameters, at this case.
+# Small tensors on every path: each encoder, the AdaIN MLP (whose second half is never read: zero gradient),
+# both attention blocks (gammas, norms, the detached key path: no gradient at all), modulated blocks, output.
+GRADIENT_CASE = "64x44"
+GRADIENT_KEYS = (
+    "enc_style.conv1.conv.bias", "enc_style.model0.0.bias", "enc_content.block0.model.0.weight",
+    "enc_content.model0.2.bias", "dec.fc.fc.bias", "dec.mlp.model.2.fc.bias", "dec.model2.0.conv.weight",
+    "dec.gamma3_1", "dec.gamma3_3", "dec.gamma3_style_sa", "dec.gamma4_1", "dec.gamma4_3", "dec.gamma4_style_sa",
+    "dec.LN_3_style.rho", "dec.LN_3_pose.gamma", "dec.LN_4_pose_0.beta", "dec.value3_conv_sa.bias",
+    "dec.key3_conv.bias", "dec.value4_conv.bias", "dec.query4_conv_0.weight", "dec.FFN4_1.fc1.bias",
+    "dec.model0_5.0.models1.1.conv.bias", "dec.model0_7.0.models2.1.conv.bias", "dec.model1.3.norm.gamma",
+    "dec.model2.0.conv.bias",
+)
+
+
+def gradient_objective(image: torch.Tensor, attention: list[torch.Tensor]) -> torch.Tensor:
+    """A scalar that depends on every output value: mean square of the image and of each attention map."""
+    return image.square().mean() + sum(a.square().mean() for a in attention)
+
 
 def key_generator(key: str) -> torch.Generator:
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & ((1 << 63) - 1)

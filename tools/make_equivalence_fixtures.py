@@ -9,7 +9,9 @@ patched as casd/testing.py says; it is imported from there at run time and
 never copied into this repository. For each case of ``casd.testing.CASES`` the
 file stores a checksum of the inputs (the test regenerates them from the seed),
 the style tokens, the image and both attention maps in float32, from upstream
-in train mode, plus the largest train-vs-eval difference upstream shows.
+in train mode, plus the largest train-vs-eval difference upstream shows, and
+for ``casd.testing.GRADIENT_CASE`` the gradients of ``gradient_objective`` with
+respect to ``GRADIENT_KEYS`` (one small tensor on every path of the network).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from casd.checkpoint import save_checkpoint
-from casd.testing import CASES, rule_inputs, rule_state_dict
+from casd.testing import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict
 
 
 def input_checksums(*tensors: torch.Tensor) -> torch.Tensor:
@@ -60,6 +62,13 @@ def main(argv: list[str] | None = None) -> None:
             "tokens": tokens.clone(), "image": out.clone(), "attention": [a.clone() for a in attns],
             "upstream_train_vs_eval_max_abs": train_vs_eval,
         }
+        if name == GRADIENT_CASE:
+            net.train()
+            net.zero_grad(set_to_none=True)
+            gradient_objective(*net(pose, image, parsing)).backward()
+            params = dict(net.named_parameters())
+            fixture["cases"][name]["gradients"] = {
+                k: None if params[k].grad is None else params[k].grad.clone() for k in GRADIENT_KEYS}
         print(f"{name}: image {tuple(out.shape)} |tanh|>0.99: {(out.abs() > 0.99).float().mean():.3f}, "
               f"attention range [{min(a.min() for a in attns):.2f}, {max(a.max() for a in attns):.2f}], "
               f"train vs eval {train_vs_eval:.2e}")
