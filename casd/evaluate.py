@@ -298,9 +298,13 @@ def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, netw
 
         build_report(paths, config, manifest=manifest)
     if track:
-        run_id = log_to_mlflow(result, paths, params or {})
-        if run_id:
-            print(f"evaluate: logged to MLflow run {run_id}", flush=True)
+        try:
+            run_id = log_to_mlflow(result, paths, params or {})
+        except Exception as e:  # noqa: BLE001 -- the scores are written; an unreachable tracking server must not lose them
+            print(f"evaluate: warning: not logged to MLflow ({type(e).__name__}: {e})", flush=True)
+        else:
+            if run_id:
+                print(f"evaluate: logged to MLflow run {run_id}", flush=True)
     shown = "  ".join(f"{m} {result[m]:.4f}" for m in METRICS if result.get(m) is not None)
     print(f"evaluate: {len(pairs)} pairs  {shown}  -> {paths.metrics}, {paths.pairs_csv}"
           + (f", {paths.report}" if report else ""), flush=True)

@@ -20,9 +20,10 @@ a batch gives the same pictures as batch-1 calls, only faster.
 
 Resuming: every file is written atomically, so a file that exists is
 complete. ``data/generated/manifest.json`` records a fingerprint of what decides
-the pictures (checkpoint bytes, image size, pose rendering, AMP); a restarted
-stage with the same fingerprint skips the pairs already written, a different
-fingerprint clears the old pictures first. (``dvc.yaml`` marks the outputs
+the pictures (checkpoint bytes, test inputs' bytes, image size, pose rendering,
+AMP); a restarted stage with the same fingerprint skips the pairs already
+written, a different fingerprint clears the old pictures first (as do pairs no
+longer listed), so the folder always holds exactly the manifest's pictures. (``dvc.yaml`` marks the outputs
 ``persist: true`` so that DVC does not delete them before a rerun.)
 
 ``test.checkpoint`` is a project checkpoint (``models/generator.pt`` of the
@@ -155,13 +156,28 @@ def load_any_generator(path: str | Path, model: Mapping[str, Any] | None = None,
     return generator, {**info, "source": "casd"}
 
 
-def fingerprint(checkpoint: Path, image_size, pose_mode: str, pose_sigma: float, amp: torch.dtype | None) -> str:
-    """Hash of everything that decides the generated pictures."""
+def fingerprint(checkpoint: Path, dataset, pose_mode: str, pose_sigma: float, amp: torch.dtype | None) -> str:
+    """Hash of everything that decides the generated pictures.
+
+    The checkpoint's bytes, the test inputs' bytes (pairs CSV, keypoints, every
+    image and parsing map a pair uses: a re-run of resize or segment with other
+    settings changes them under the same names), image size, pose rendering, AMP.
+    """
     h = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    h.update(json.dumps([_FINGERPRINT_VERSION, list(image_size), pose_mode, pose_sigma, str(amp)]).encode())
+
+    def add(path: Path) -> None:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+
+    add(checkpoint)
+    add(dataset.paths["pairs"])
+    add(dataset.paths["keypoints"])
+    for name in dataset.names:
+        add(dataset.paths["images"] / name)
+        add(dataset._parsing_path(name))
+    h.update(json.dumps([_FINGERPRINT_VERSION, list(dataset.image_size), pose_mode, pose_sigma, str(amp)]).encode())
     return h.hexdigest()[:20]
 
 
@@ -173,7 +189,7 @@ def strip_indices(count: int, strips: int) -> set[int]:
 
 
 def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest: dict) -> None:
-    """Keep the pictures of a run with the same fingerprint; clear those of another."""
+    """Keep the pictures of a run with the same fingerprint, for the pairs still listed; clear the rest."""
     path = out_dir / MANIFEST
     previous = None
     if path.is_file():
@@ -181,12 +197,16 @@ def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest
             previous = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
         except (OSError, ValueError):
             previous = None
-    if previous != stamp:
-        stale = [p for d in (out_dir, strips_dir) if d is not None and d.is_dir() for p in d.glob("*.png")]
-        if stale:
-            print(f"test: {len(stale)} pictures from another checkpoint or settings are removed", flush=True)
-        for p in stale:
-            p.unlink()
+    keep = {f for _, _, f in manifest["pairs"]} if previous == stamp else set()
+    keep_strips = set(manifest["strips"]) & keep
+    stale = [p for p in out_dir.glob("*.png") if p.name not in keep] if out_dir.is_dir() else []
+    if strips_dir is not None and strips_dir.is_dir():
+        stale += [p for p in strips_dir.glob("*.png") if p.name not in keep_strips]
+    if stale:
+        why = "are no longer listed" if previous == stamp else "come from another checkpoint, data or settings"
+        print(f"test: removing {len(stale)} earlier pictures that {why}", flush=True)
+    for p in stale:
+        p.unlink()
     write_json(path, {**manifest, "complete": False})
 
 
@@ -316,7 +336,7 @@ def run_test(job: TestJob) -> dict:
               flush=True)
     dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False, pose_mode=pose_mode,
                           pose_sigma=pose_sigma, preload=False)
-    stamp = fingerprint(checkpoint, job.image_size, pose_mode, pose_sigma, amp)
+    stamp = fingerprint(checkpoint, dataset, pose_mode, pose_sigma, amp)
     manifest = generate_test_pairs(generator, dataset, job.out_dir, strips_dir=job.strips_dir,
                                    batch_size=cfg.batch_size, device=device, amp=amp, strips=cfg.strips,
                                    limit=cfg.limit, workers=cfg.workers, stamp=stamp,

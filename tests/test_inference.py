@@ -171,3 +171,34 @@ def test_limit_and_config_checks(job):
         inference.run_test(dataclasses.replace(job, image_size=(128, 88)))
     assert inference.strip_indices(10, 3) == {0, 4, 9} or len(inference.strip_indices(10, 3)) == 3
     assert inference.output_name("a_1front.jpg", "b_2back.jpg") == "a_1front___b_2back.png"
+
+
+def test_repository_params_build_the_test_job():
+    from pathlib import Path
+
+    from casd.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    job = inference.TestJob.from_params(params)
+    assert job.test.checkpoint and job.image_size == tuple(params["data"]["image_size"])
+    assert job.out_dir == Path("data/generated") and job.strips_dir == Path("data/strips")
+
+
+def test_changed_test_inputs_or_pair_list_are_not_reused(reference, tiny_prepared, checkpoints, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    for part in ("split", "resized", "pose", "parsing"):
+        shutil.copytree(tiny_prepared / part, data / part)
+    job = _job(data, tmp_path, checkpoints["casd"], limit=4, strips=0)
+    shutil.copytree(reference[0].out_dir, job.out_dir)
+    shutil.copytree(reference[0].strips_dir, job.strips_dir)
+    manifest = inference.run_test(job)  # same checkpoint and inputs: nothing to do but drop unlisted pairs
+    assert manifest["generated"] == 0 and manifest["skipped"] == 4
+    assert sorted(p.name for p in job.out_dir.glob("*.png")) == sorted(f for _, _, f in manifest["pairs"])
+    assert not list(job.strips_dir.glob("*.png"))  # strips no longer asked for are removed too
+    target = data / "resized" / "test" / manifest["pairs"][0][1]
+    image = np.asarray(Image.open(target)).copy()
+    Image.fromarray(255 - image).save(target, format="JPEG")  # e.g. the resize stage ran with other settings
+    manifest = inference.run_test(job)
+    assert manifest["generated"] == 4 and manifest["skipped"] == 0

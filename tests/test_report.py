@@ -195,3 +195,13 @@ def test_unfinished_test_stage_is_an_error(stage):
         evaluate.evaluate(_config(metrics=("ssim",)), paths, track=False)
     with pytest.raises(ConfigError, match="unknown metric"):
         evaluate.EvaluateConfig(metrics=("ssim", "is"))
+
+
+def test_repository_params_build_the_evaluate_config():
+    from pathlib import Path
+
+    from casd.config import from_dict, load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    config = from_dict(evaluate.EvaluateConfig, params["evaluate"], "evaluate")
+    assert set(config.metrics) == set(evaluate.METRICS)
