@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from casd.checkpoint import load_checkpoint, load_upstream_generator
 from casd.errors import ConfigError, WeightsError
 from casd.models import Discriminator, Generator, GeneratorConfig, VGG19Features
-from casd.models.generator import adaptive_instance_norm, attention_modulated_norm
+from casd.models.generator import adaptive_instance_norm, attention_modulated_norm, upsample_conv5
 from casd.checkpoint import upstream_names
 from casd.testing import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict
 
@@ -96,6 +96,20 @@ def test_norm_quirks():
     mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), keepdim=True)
     expected = (x - mean) / (var + 1e-6) * (1 + modulation[:, :3]) + modulation[:, 3:]
     torch.testing.assert_close(attention_modulated_norm(x, modulation), expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 3), (1, 4, 2, 2), (1, 3, 4, 7)])
+def test_phase_decomposed_upsample_conv_equals_the_plain_one(shape):
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(shape[1], 5, 5, padding=2, padding_mode="reflect")
+    x = torch.randn(shape, requires_grad=True)
+    plain = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    fast = upsample_conv5(x, conv)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(fast, [x, conv.weight, conv.bias], grad),
+                    torch.autograd.grad(plain, [x, conv.weight, conv.bias], grad)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_upstream_init():

@@ -331,8 +331,41 @@ class ModulatedResBlock(nn.Module):
         return x + attention_modulated_norm(self.conv2(out), self.modulation2(attended))
 
 
+# _PHASE_TAPS[a][i, s]: after a nearest x2 upsampling, output rows of phase a (even / odd) read low-resolution
+# row offset i - 1 through the 5x5 kernel rows s - 2 marked 1 (away from the borders)
+_PHASE_TAPS = ((((1, 1, 0, 0, 0), (0, 0, 1, 1, 0), (0, 0, 0, 0, 1)),
+                ((1, 0, 0, 0, 0), (0, 1, 1, 0, 0), (0, 0, 0, 1, 1))))
+
+
+def upsample_conv5(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(reflect_pad(upsample_nearest_x2(x)))`` for a 5x5 ``conv``, at 36% of the multiply-adds.
+
+    x [B,C,h,w] -> [B,O,2h,2w]. A 5x5 kernel on a nearest-upsampled map reads
+    only 3x3 distinct low-resolution pixels per output phase, so the four
+    phases are one 3x3 conv on x (replicate-padded) with 4*O summed kernels,
+    interleaved by pixel_shuffle. Reflect padding of the upsampled map differs
+    from that on the outermost output rows and columns only; those four lines
+    are recomputed directly (equal to the plain computation up to float rounding).
+    """
+    weight, bias = conv.weight, conv.bias
+    taps = torch.tensor(_PHASE_TAPS, dtype=weight.dtype, device=weight.device)
+    phases = torch.einsum("ais,ocst,bjt->oabcij", taps, weight, taps).flatten(0, 2)   # [O*4, C, 3, 3]
+    out = F.pixel_shuffle(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), phases, bias.repeat_interleave(4)), 2)
+
+    def border_line(strip: torch.Tensor, pad: tuple[int, int, int, int], dim: int, last: bool) -> torch.Tensor:
+        padded = F.pad(F.interpolate(strip, scale_factor=2, mode="nearest"), pad, mode="reflect")
+        return F.conv2d(padded.narrow(dim, padded.shape[dim] - 5 if last else 0, 5), weight, bias)
+
+    out = out.clone()
+    out[:, :, :1] = border_line(x[:, :, :2], (2, 2, 2, 0), 2, False)
+    out[:, :, -1:] = border_line(x[:, :, -2:], (2, 2, 0, 2), 2, True)
+    out[:, :, :, :1] = border_line(x[:, :, :, :2], (2, 0, 2, 2), 3, False)
+    out[:, :, :, -1:] = border_line(x[:, :, :, -2:], (0, 2, 2, 2), 3, True)
+    return out
+
+
 class UpBlock(nn.Module):
-    """Nearest x2 upsampling, 5x5 conv halving the width, layer norm, ReLU."""
+    """Nearest x2 upsampling, 5x5 conv (reflect padding) halving the width, layer norm, ReLU."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -340,7 +373,7 @@ class UpBlock(nn.Module):
         self.norm = LayerNorm(width // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))))
+        return F.relu(self.norm(upsample_conv5(x, self.conv)))
 
 
 class Decoder(nn.Module):
