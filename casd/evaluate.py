@@ -111,7 +111,7 @@ def load_networks(config: EvaluateConfig, device: torch.device) -> Networks:
         try:
             nets.lpips = metrics.build_lpips(config.alexnet_weights, "package").to(device)
         except WeightsError as e:
-            nets.skipped["lpips"] = str(e)
+            nets.skipped["lpips"] = _short_reason(e)
     if "fid" in config.metrics:
         try:
             from casd import weights
@@ -121,8 +121,14 @@ def load_networks(config: EvaluateConfig, device: torch.device) -> Networks:
             nets.inception = metrics.build_inception(path).to(device)
             nets.inception_id = weights.sha256(path)[:16]
         except WeightsError as e:
-            nets.skipped["fid"] = str(e)
+            nets.skipped["fid"] = _short_reason(e)
     return nets
+
+
+def _short_reason(error: WeightsError) -> str:
+    """The what-and-where sentence of a weights error (the how-to-get-it part is printed by the stage)."""
+    print(f"evaluate: {error}", flush=True)
+    return str(error).split(". ", 1)[0] + "; see `casd weights list`"
 
 
 def resolve_device(spec: str) -> torch.device:
