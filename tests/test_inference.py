@@ -202,3 +202,15 @@ def test_changed_test_inputs_or_pair_list_are_not_reused(reference, tiny_prepare
     Image.fromarray(255 - image).save(target, format="JPEG")  # e.g. the resize stage ran with other settings
     manifest = inference.run_test(job)
     assert manifest["generated"] == 4 and manifest["skipped"] == 0
+
+
+def test_autocast_path_runs_and_stays_close(reference, tiny_prepared, checkpoints, tmp_path):
+    """test.amp (fp16 on CUDA by default) goes through torch.autocast; on CPU bf16 exercises the same path."""
+    job = _job(tiny_prepared, tmp_path, checkpoints["casd"], amp="bf16", limit=3, strips=0)
+    manifest = inference.run_test(job)
+    assert manifest["amp"] == "bfloat16"
+    assert manifest["fingerprint"] != reference[1]["fingerprint"]  # other precision, other pictures
+    for path in job.out_dir.glob("*.png"):
+        a = np.asarray(Image.open(path)).astype(int)
+        b = np.asarray(Image.open(reference[0].out_dir / path.name)).astype(int)
+        assert np.abs(a - b).mean() < 8, path.name
