@@ -162,10 +162,12 @@ def contextual_loss(target: torch.Tensor, fake: torch.Tensor, sigma: float = 0.5
     w = exp((b - relative) / sigma) normalised over j; CX_j = max_i w;
     loss = mean over batch of -log(mean_j CX_j).
     """
-    mean = target.mean(dim=(0, 2, 3), keepdim=True)
-    t = F.normalize(target - mean, dim=1, eps=0.0).flatten(2)      # [B,C,Pt]
-    f = F.normalize(fake - mean, dim=1, eps=0.0).flatten(2)        # [B,C,Pf]
-    cosine = t.transpose(1, 2) @ f                                 # [B,Pt,Pf]
+    with torch.autocast(target.device.type, enabled=False):  # relative distances need float32 under AMP
+        target, fake = target.float(), fake.float()
+        mean = target.mean(dim=(0, 2, 3), keepdim=True)
+        t = F.normalize(target - mean, dim=1, eps=0.0).flatten(2)      # [B,C,Pt]
+        f = F.normalize(fake - mean, dim=1, eps=0.0).flatten(2)        # [B,C,Pf]
+        cosine = t.transpose(1, 2) @ f                                 # [B,Pt,Pf]
     distance = (1 - cosine) / 2
     relative = distance / (distance.min(dim=1, keepdim=True).values + 1e-5)
     weights = torch.exp((b - relative) / sigma)
@@ -199,8 +201,9 @@ class AttentionCrossEntropyLoss(nn.Module):
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """[B,C,H,W] -> [B,C,C] = F F^T / (C H W) (upstream's normalisation)."""
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
+    with torch.autocast(features.device.type, enabled=False):  # sums over H*W positions: float32 under AMP
+        flat = features.float().reshape(b, c, h * w)
+        return flat @ flat.transpose(1, 2) / (c * h * w)
 
 
 class VGGContentLoss(nn.Module):
@@ -272,7 +275,7 @@ class LPIPSLoss(nn.Module):
         return super().train(False)  # frozen metric network: dropout in its linear layers stays off
 
     def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.net(fake, target).mean()
+        return self.net(fake, target).float().mean()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def adaptive_instance_norm(x: torch.Tensor, params: torch.Tensor, eps: float = 1
     statistics (biased variance), in train and eval mode alike.
     """
     b, c, h, w = x.shape
+    x, params = x.float(), params.float()  # statistics in float32 also under bf16/fp16 autocast
     scale, shift = params.chunk(2, dim=1)
     out = F.batch_norm(x.reshape(1, b * c, h, w), None, None, scale.reshape(-1), shift.reshape(-1),
                        training=True, eps=eps)
@@ -108,6 +109,7 @@ def attention_modulated_norm(x: torch.Tensor, modulation: torch.Tensor) -> torch
     Statistics over batch and space (unbiased variance), divided by var + 1e-6
     (upstream's SPADE-like norm; not the standard deviation).
     """
+    x, modulation = x.float(), modulation.float()  # float32 statistics also under autocast
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     var = x.var(dim=(0, 2, 3), keepdim=True)
     gamma, beta = modulation.chunk(2, dim=1)
@@ -124,6 +126,7 @@ class LayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # float32 statistics also under autocast
         flat = x.flatten(1)
         shape = (-1,) + (1,) * (x.dim() - 1)
         x = (x - flat.mean(1).view(shape)) / (flat.std(1).view(shape) + self.eps)
@@ -148,6 +151,8 @@ class InstanceLayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # float32 statistics also under autocast
+
         def normalise(dims):
             return (x - x.mean(dim=dims, keepdim=True)) / torch.sqrt(x.var(dim=dims, keepdim=True) + self.eps)
 
