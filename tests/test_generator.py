@@ -60,6 +60,21 @@ def test_backward_reaches_trainable_parameters_only():
     assert g.style_encoder.fuse.weight.grad.abs().sum() > 0
 
 
+def test_batch_statistics_couple_samples_unless_per_sample():
+    pose, image, parsing = rule_inputs(3, 32, 24, seed=6)
+    batch_model = tiny_generator()
+    sample_model = tiny_generator(modulated_norm="sample")
+    sample_model.load_state_dict(batch_model.state_dict())
+    with torch.no_grad():
+        alone = torch.cat([batch_model(pose[i:i + 1], image[i:i + 1], parsing[i:i + 1])[0] for i in range(3)])
+        together_batch = batch_model(pose, image, parsing)[0]
+        together_sample = sample_model(pose, image, parsing)[0]
+    torch.testing.assert_close(together_sample, alone, atol=1e-5, rtol=1e-5)
+    assert (together_batch - alone).abs().max() > 1e-3  # upstream's norm shares statistics across the batch
+    with pytest.raises(ConfigError, match="modulated_norm"):
+        GeneratorConfig(modulated_norm="instance")
+
+
 def test_size_not_divisible_by_4_is_refused():
     g = tiny_generator()
     pose, image, parsing = rule_inputs(1, 30, 24, seed=0)

@@ -58,14 +58,19 @@ class GeneratorConfig:
     attention_blocks: int = 2      # cross-attention style-distribution blocks (one attention map each)
     modulated_blocks: int = 4      # attention-modulated residual blocks
     vgg_weights: str = "torchvision"  # path to vgg19-dcbb9e9d.pth | torchvision (hub cache) | none (random)
+    modulated_norm: str = "batch"  # batch (upstream: statistics over the batch) | sample (per sample, see below)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "vgg_weights" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if f.name in ("vgg_weights", "modulated_norm"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model.{f.name}: expected a positive integer, got {value!r}")
         if self.width % 4:
             raise ConfigError(f"model.width: must be divisible by 4 (two halving up-samplings), got {self.width}")
+        if self.modulated_norm not in ("batch", "sample"):
+            raise ConfigError(f"model.modulated_norm: expected batch or sample, got {self.modulated_norm!r}")
         if not isinstance(self.vgg_weights, str) or not self.vgg_weights:
             raise ConfigError(f"model.vgg_weights: expected a path, 'torchvision' or 'none', got {self.vgg_weights!r}")
 
@@ -103,15 +108,17 @@ def adaptive_instance_norm(x: torch.Tensor, params: torch.Tensor, eps: float = 1
     return out.view(b, c, h, w)
 
 
-def attention_modulated_norm(x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+def attention_modulated_norm(x: torch.Tensor, modulation: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
     """x [B,C,H,W], modulation [B,2C,H,W] (gamma then beta) -> modulated x.
 
-    Statistics over batch and space (unbiased variance), divided by var + 1e-6
-    (upstream's SPADE-like norm; not the standard deviation).
+    Statistics over batch and space (upstream; ``per_sample``: over space
+    only), unbiased variance, divided by var + 1e-6 (upstream's SPADE-like
+    norm; not the standard deviation).
     """
     x, modulation = x.float(), modulation.float()  # float32 statistics also under autocast
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    var = x.var(dim=(0, 2, 3), keepdim=True)
+    dims = (2, 3) if per_sample else (0, 2, 3)
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True)
     gamma, beta = modulation.chunk(2, dim=1)
     return (x - mean) / (var + 1e-6) * (1 + gamma) + beta
 
@@ -182,7 +189,7 @@ class StyleEncoder(nn.Module):
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] in [-1, 1] -> style features [B,C,H/8,W/8] (floor)."""
-        with torch.no_grad():  # frozen, and the image needs no gradient through it
+        with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):  # frozen weights
             taps = self.vgg(image, VGG_TAPS)
         x = torch.cat([F.relu(self.image_conv(image)), taps["relu1_1"]], 1)
         x = torch.cat([F.relu(self.down1(x)), taps["relu2_1"]], 1)
@@ -318,8 +325,9 @@ class StyleDistributionBlock(nn.Module):
 class ModulatedResBlock(nn.Module):
     """x + norm(conv(relu(norm(conv(x), m1))), m2), m1, m2 predicted from the attention output."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, per_sample: bool = False):
         super().__init__()
+        self.per_sample = per_sample
         self.conv1 = reflect_conv(width, width, 3)
         self.conv2 = reflect_conv(width, width, 3)
         self.modulation1 = self._modulation_head(width)
@@ -332,8 +340,8 @@ class ModulatedResBlock(nn.Module):
                              reflect_conv(width, 2 * width, 3))
 
     def forward(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        out = F.relu(attention_modulated_norm(self.conv1(x), self.modulation1(attended)))
-        return x + attention_modulated_norm(self.conv2(out), self.modulation2(attended))
+        out = F.relu(attention_modulated_norm(self.conv1(x), self.modulation1(attended), self.per_sample))
+        return x + attention_modulated_norm(self.conv2(out), self.modulation2(attended), self.per_sample)
 
 
 # _PHASE_TAPS[a][i, s]: after a nearest x2 upsampling, output rows of phase a (even / odd) read low-resolution
@@ -394,7 +402,8 @@ class Decoder(nn.Module):
                                        nn.Linear(config.mlp_width, config.res_blocks * 4 * c))
         self.adain_blocks = nn.ModuleList(AdaINResBlock(c) for _ in range(config.adain_blocks))
         self.style_distribution = nn.ModuleList(StyleDistributionBlock(c, k) for _ in range(config.attention_blocks))
-        self.modulated_blocks = nn.ModuleList(ModulatedResBlock(c) for _ in range(config.modulated_blocks))
+        per_sample = config.modulated_norm == "sample"
+        self.modulated_blocks = nn.ModuleList(ModulatedResBlock(c, per_sample) for _ in range(config.modulated_blocks))
         self.upsample = nn.Sequential(UpBlock(c), UpBlock(c // 2))
         self.to_image = reflect_conv(c // 4, 3, 7)
 
@@ -423,6 +432,12 @@ class Generator(nn.Module):
 
     ``forward(pose [B,30,H,W], source_image [B,3,H,W] in [-1,1], source_parsing [B,8,H,W])``
     -> ``(image [B,3,H,W] in [-1,1], [attn_a, attn_b] each [B,8,H/4,W/4])``; H, W divisible by 4.
+
+    As upstream, the attention-modulated norm takes its statistics over the
+    whole batch, so a generated image depends on the other samples of its
+    batch; ``GeneratorConfig(modulated_norm="sample")`` makes samples
+    independent: a batch of N then gives what upstream gives for N batches of
+    one (upstream's test setting), e.g. for batched generation.
 
     ``pretrained_vgg=False`` skips loading the style encoder's VGG19 weights
     (use it when a checkpoint that carries them is loaded next).
