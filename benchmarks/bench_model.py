@@ -16,7 +16,6 @@ says) and runs it with the same weights and inputs.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import sys

@@ -25,7 +25,7 @@ product instead of one conv per sample; same values).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

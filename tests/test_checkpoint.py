@@ -98,7 +98,8 @@ def test_strict_check_lists_every_problem_in_one_error(tiny_upstream):
     message = str(e.value)
     assert message.startswith("latest_net_netG.pth: ")
     for expected in ("missing 2", "dec.FFN3_1.fc1.weight", "enc_style.conv1.conv.bias", "unexpected 1",
-                     "dec.some_new_layer.weight", "mis-shaped 2", "dec.model2.0.conv.weight (3, 5, 7, 7) != (3, 4, 7, 7)",
+                     "dec.some_new_layer.weight", "mis-shaped 2",
+                     "dec.model2.0.conv.weight (3, 5, 7, 7) != (3, 4, 7, 7)",
                      "running_mean (7,) != (16,)"):
         assert expected in message
     assert "\n" not in message
