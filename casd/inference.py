@@ -14,9 +14,12 @@ for pixel. For ``test.strips`` pairs spread evenly over the list, a strip
 Upstream generates one pair at a time; here ``test.batch_size`` pairs go
 through the network at once (fp16 autocast on CUDA with ``test.amp: auto``).
 The generator's attention-modulated norm takes statistics over the whole batch
-(an upstream quirk the released weights depend on), so the decoder runs per
-sample under ``torch.func.vmap`` (:func:`casd.generate.decode_per_sample`):
-a batch gives the same pictures as batch-1 calls, only faster.
+(an upstream quirk the released weights depend on); upstream's test runs batches
+of one, where those statistics are per sample. So during generation the norm is
+switched to per-sample statistics (:func:`per_sample_statistics`; identical to
+batch-1 calls by construction) and a batch gives the same pictures as upstream's
+loop, only faster. (Generators without that switch decode per sample under
+``torch.func.vmap``, :func:`casd.generate.decode_per_sample`.)
 
 Resuming: every file is written atomically, so a file that exists is
 complete. ``data/generated/manifest.json`` records a fingerprint of what decides
@@ -36,13 +39,14 @@ DeepFashion data ``dvc repro evaluate`` reproduces the paper's numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -210,6 +214,24 @@ def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest
     write_json(path, {**manifest, "complete": False})
 
 
+@contextlib.contextmanager
+def per_sample_statistics(generator: torch.nn.Module) -> Iterator[bool]:
+    """Make the attention-modulated norm use per-sample statistics for the duration; yields whether it could.
+
+    For a batch of one this is what the norm computes anyway, so the pictures of
+    a batch equal those of upstream's one-pair-at-a-time test loop.
+    """
+    switched = [m for m in generator.modules() if isinstance(getattr(m, "per_sample", None), bool)]
+    before = [m.per_sample for m in switched]
+    for m in switched:
+        m.per_sample = True
+    try:
+        yield bool(switched)
+    finally:
+        for m, value in zip(switched, before):
+            m.per_sample = value
+
+
 @torch.no_grad()
 def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path, *,
                         strips_dir: str | Path | None = STRIPS_DIR, batch_size: int = 8,
@@ -259,13 +281,17 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                                          num_workers=workers, pin_memory=device.type == "cuda")
     started = time.perf_counter()
     order = iter(todo)
-    with tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
+    with per_sample_statistics(generator) as plain_batches, \
+            tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             add_pose_input(batch, dataset.image_size, dataset.pose_mode, dataset.pose_sigma)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 tokens = generator.encode_style(batch["P1"], batch["SP1"])
-                fake = decode_per_sample(generator, batch["BP2"], tokens)
+                if plain_batches:
+                    fake = generator.decode(batch["BP2"], tokens)[0]
+                else:
+                    fake = decode_per_sample(generator, batch["BP2"], tokens)
             fake = fake.float()
             pictures = to_uint8(fake)  # [B, H, W, 3]
             sources, truths = to_uint8(batch["P1"]), to_uint8(batch["P2"])

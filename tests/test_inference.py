@@ -110,19 +110,37 @@ def test_batched_generation_equals_batch_of_one(reference, tiny_prepared, checkp
     _same_pictures(reference[0].out_dir, single.out_dir, tolerance=1)
 
 
+def test_per_sample_statistics_match_upstream_batch_of_one_calls():
+    from casd.generate import decode_per_sample
+    from casd.testing import rule_inputs
+
+    generator = _tiny_generator()
+    pose, image, parsing = rule_inputs(3, 64, 44, seed=5)
+    with torch.no_grad():
+        one_by_one = torch.cat([generator(pose[i:i + 1], image[i:i + 1], parsing[i:i + 1])[0] for i in range(3)])
+        mixed = generator(pose, image, parsing)[0]  # upstream norm: statistics span the batch
+        with inference.per_sample_statistics(generator) as switched:
+            batched = generator(pose, image, parsing)[0]
+        vmapped = decode_per_sample(generator, pose, generator.encode_style(image, parsing))
+    assert switched and not any(m.per_sample for m in generator.modules() if hasattr(m, "per_sample"))
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vmapped, one_by_one, rtol=1e-4, atol=1e-5)
+    assert (mixed - one_by_one).abs().max() > 1e-3  # the switch matters
+
+
 def test_restart_after_interruption_skips_finished_pairs(job, monkeypatch):
-    from casd import generate
+    from casd.models.generator import Generator
 
     calls = {"n": 0}
-    real = generate.decode_per_sample
+    real = Generator.decode
 
-    def interrupted(*args, **kwargs):
+    def interrupted(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the stage is killed during its second batch
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(generate, "decode_per_sample", interrupted)
+    monkeypatch.setattr(Generator, "decode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         inference.run_test(job)
     first = {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("*.png")}
@@ -130,7 +148,7 @@ def test_restart_after_interruption_skips_finished_pairs(job, monkeypatch):
     assert not json.loads((job.out_dir / "manifest.json").read_text())["complete"]
     assert not [p for p in job.out_dir.iterdir() if ".tmp" in p.name]
 
-    monkeypatch.setattr(generate, "decode_per_sample", real)
+    monkeypatch.setattr(Generator, "decode", real)
     manifest = inference.run_test(job)
     assert manifest["skipped"] == 4 and manifest["generated"] == len(manifest["pairs"]) - 4
     assert {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("*.png") if p.name in first} == first
