@@ -79,6 +79,17 @@ class Tracker:
     def __init__(self, client=None, run_id: str | None = None):
         self.client = client
         self.run_id = run_id
+        self._warned = False
+
+    def _safely(self, action, *args, **kwargs) -> None:
+        """Run a logging call; a tracking-server hiccup warns once instead of killing a long training."""
+        try:
+            action(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any client / network error
+            if not self._warned:
+                warnings.warn(f"MLflow logging to run {self.run_id} failed ({type(e).__name__}: {e}); "
+                              "continuing without it (metrics/ files are still written)")
+                self._warned = True
 
     @property
     def active(self) -> bool:
@@ -151,7 +162,7 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            self._safely(self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
         """``image``: uint8 [H, W, 3]; stored as PNG at ``artifact_file`` (e.g. ``samples/step_000100.png``)."""
@@ -163,16 +174,16 @@ class Tracker:
             path = Path(tmp) / Path(artifact_file).name
             Image.fromarray(image).save(path)
             parent = str(Path(artifact_file).parent)
-            self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+            self._safely(self.client.log_artifact, self.run_id, str(path), None if parent == "." else parent)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._safely(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
         if self.active:
-            self.client.set_terminated(self.run_id, status)
+            self._safely(self.client.set_terminated, self.run_id, status)
 
     def write_run_file(self, path: str | Path = RUN_FILE, config: TrackingConfig | None = None) -> None:
         """Record the run id (and where it lives) for later stages; ``{"run_id": null}`` when not tracking."""

@@ -213,6 +213,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this module created the process group (and ends it)
 
     @property
     def enabled(self) -> bool:
@@ -233,10 +234,11 @@ def init_distributed(device_kind: str) -> Dist:
         return Dist()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
 
 
 def resolve_device(spec: str, dist_info: Dist) -> torch.device:
@@ -723,6 +725,8 @@ class Trainer:
             import torch.distributed as dist
 
             dist.barrier()
+            if self.dist.owns_group:
+                dist.destroy_process_group()
         return summary
 
     def _loop(self) -> None:
@@ -731,7 +735,8 @@ class Trainer:
         while self.epoch < cfg.epochs:
             lr = self.optimizers["generator"].param_groups[0]["lr"]
             self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.batch_per_rank)
-            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not self.dist.main,
+            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                       disable=None if self.dist.main else True,  # None: off when stderr is not a terminal
                        desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
             window: dict[str, float] = {}
             window_steps, window_start = 0, time.perf_counter()
