@@ -7,7 +7,10 @@
 
 Each model is measured in its own fresh process (spawned) so that peak memory
 (CPU: the process's max RSS; GPU: ``torch.cuda.max_memory_allocated``) belongs to
-that model alone. The step is: forward, a scalar of the image and attention maps,
+that model alone. On a shared machine, load from other processes swings step
+times by 2x between runs: ``--interleave`` (with ``--upstream``) also times both
+models in ONE process, alternating steps, so that both see the same load
+(best and median step over the rounds). The step is: forward, a scalar of the image and attention maps,
 backward (the frozen VGG gets no gradient). ``--upstream DIR`` imports upstream's
 ``models/CASD.py`` from DIR (outside this repository, patched as casd/testing.py
 says) and runs it with the same weights and inputs.
@@ -88,12 +91,43 @@ def _measure(kind: str, args: dict, queue) -> None:
                "compile": args["compile"]})
 
 
-def run(kind: str, args: dict) -> dict:
+def _interleaved(args: dict, queue) -> None:
+    """Alternate one step of ours and one of upstream's, ``steps`` rounds; best and median per model."""
+    import statistics
+
+    import torch
+
+    from casd.testing import rule_inputs
+
+    torch.set_num_threads(args["threads"]) if args["threads"] else None
+    nets = {kind: _build(kind, args).train() for kind in ("ours", "upstream")}
+    inputs = rule_inputs(args["batch"], *args["size"], seed=0, empty_regions=((3,),))
+    times: dict[str, list[float]] = {kind: [] for kind in nets}
+    for round_ in range(args["warmup"] + args["steps"]):
+        for kind, net in nets.items():
+            start = time.perf_counter()
+            out, attns = net(*inputs)
+            (out.mean() + sum(a.mean() for a in attns)).backward()
+            net.zero_grad(set_to_none=True)
+            if round_ >= args["warmup"]:
+                times[kind].append(time.perf_counter() - start)
+    queue.put({kind: {"step_s_best": round(min(t), 3), "step_s_median": round(statistics.median(t), 3),
+                      "samples_per_s": round(args["batch"] / min(t), 3), "rounds": len(t)}
+               for kind, t in times.items()})
+
+
+def run(kind: str, args: dict, target=_measure) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(kind, args, queue))
+    proc = ctx.Process(target=target, args=(kind, args, queue) if target is _measure else (args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a crashed child puts nothing: stop waiting when it is gone
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:  # queue.Empty
+            if not proc.is_alive():
+                raise SystemExit(f"benchmark of {kind} failed (exit code {proc.exitcode}); see the error above")
     proc.join()
     return result
 
@@ -111,17 +145,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the generator")
     parser.add_argument("--upstream", help="folder holding upstream's patched models/CASD.py: measure it too")
+    parser.add_argument("--interleave", action="store_true",
+                        help="with --upstream: also time both in one process, alternating steps (fair under load)")
+    parser.add_argument("--interleave-only", action="store_true", help="skip the separate per-model runs")
     parser.add_argument("--json", help="also write the results to this JSON file")
     ns = parser.parse_args(argv)
     args = dict(vars(ns))
     args["size"] = tuple(ns.size)
-    results = [run("ours", args)]
-    if ns.upstream:
+    results = [] if ns.interleave_only else [run("ours", args)]
+    if ns.upstream and not ns.interleave_only:
         results.append(run("upstream", args))
     for r in results:
         print(f"{r['model']:>8} {r['device']} batch {r['batch']} {r['size'][0]}x{r['size'][1]}: "
               f"forward+backward {r['step_s_best']:.2f} s (mean {r['step_s_mean']:.2f}), "
               f"{r['samples_per_s']:.2f} samples/s, peak {r['peak_memory_mb']:.0f} MB, {r['threads']} threads")
+    if ns.upstream and (ns.interleave or ns.interleave_only):
+        paired = run("both", args, target=_interleaved)
+        for kind, r in paired.items():
+            print(f"{kind:>8} interleaved: best {r['step_s_best']:.2f} s, median {r['step_s_median']:.2f} s "
+                  f"over {r['rounds']} rounds, {r['samples_per_s']:.2f} samples/s")
+        ratio = paired["upstream"]["step_s_best"] / paired["ours"]["step_s_best"]
+        print(f"ours is {ratio:.2f}x upstream's speed (best interleaved steps)")
+        results.append({"interleaved": paired})
     if ns.json:
         from casd.fileio import write_json
 
