@@ -74,6 +74,18 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resolve_device(spec: str):
+    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device without CUDA is a ConfigError."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    return device
+
+
 def run_stage(main: Callable[[], Any]) -> None:
     """Run a stage's ``main``; a ``CasdError`` becomes one line on stderr and exit status 1."""
     try:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from casd import metrics
-from casd.config import from_dict, load_params
+from casd.config import from_dict, load_params, resolve_device
 from casd.errors import ConfigError, DataError, WeightsError
 from casd.fileio import atomic_path, write_json
 
@@ -129,15 +129,6 @@ def _short_reason(error: WeightsError) -> str:
     """The what-and-where sentence of a weights error (the how-to-get-it part is printed by the stage)."""
     print(f"evaluate: {error}", flush=True)
     return str(error).split(". ", 1)[0] + "; see `casd weights list`"
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
-    return device
 
 
 def _mean(values: np.ndarray) -> float | None:

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from casd.config import from_dict, load_params
+from casd.config import from_dict, load_params, resolve_device
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, safe_name, write_json
 
@@ -118,15 +118,6 @@ def output_name(source: str, target: str) -> str:
     """``<source stem>___<target stem>.png``: the generated picture of one pair."""
     stem = lambda name: name[:-4] if name.lower().endswith((".jpg", ".png")) else name  # noqa: E731
     return safe_name(f"{stem(source)}{SEPARATOR}{stem(target)}.png", "pairs")
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
-    return device
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

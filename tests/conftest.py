@@ -53,3 +53,14 @@ def tiny_prepared(tiny_raw, tiny_data_config) -> Path:
     extract_pose(tiny_data_config, PoseConfig(), tiny_raw, root / "pose", reports)
     segment(tiny_data_config, tiny_raw, root / "split", root / "parsing", reports)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors run faster on one thread than on several (thread start-up dominates)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
