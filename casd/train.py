@@ -497,9 +497,10 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         self.optimizers = {
             "generator": torch.optim.Adam([p for p in g.parameters() if p.requires_grad], lr=cfg.lr, betas=betas),
-            "d_pb": torch.optim.Adam(self.nets.d_pb.parameters(), lr=cfg.lr, betas=betas),
-            "d_pp": torch.optim.Adam(self.nets.d_pp.parameters(), lr=cfg.lr, betas=betas),
         }
+        if job.loss.gan > 0:  # the discriminators only train (and only need optimisers) with the GAN term on
+            self.optimizers["d_pb"] = torch.optim.Adam(self.nets.d_pb.parameters(), lr=cfg.lr, betas=betas)
+            self.optimizers["d_pp"] = torch.optim.Adam(self.nets.d_pp.parameters(), lr=cfg.lr, betas=betas)
         rule = ConstantThenLinear(cfg.epochs_constant, cfg.epochs_decay)
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
