@@ -741,7 +741,7 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
             window: dict[str, float] = {}
             window_steps, window_start = 0, time.perf_counter()
-            epoch_start = time.perf_counter()
+            epoch_start = epoch_clock = time.perf_counter()  # epoch_start restarts at each mid-epoch save
             epoch_samples = 0
             for batch in self.loader:
                 batch = self._batch_to_device(batch)
@@ -775,7 +775,7 @@ class Trainer:
                     self.save()
             bar.close()
             self.train_seconds += time.perf_counter() - epoch_start
-            seconds = time.perf_counter() - epoch_start
+            seconds = time.perf_counter() - epoch_clock
             self._end_epoch(lr, epoch_samples / max(seconds, 1e-9))
 
     def _end_epoch(self, lr: float, samples_per_s: float) -> None:
