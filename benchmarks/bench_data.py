@@ -31,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from casd.fileio import write_json  # noqa: E402
-from casd.formats import DataConfig, write_annotations  # noqa: E402
-from casd.pose import LIMBS, PoseConfig, extract_pose, pose_input  # noqa: E402
-from casd.synth import SynthConfig, generate  # noqa: E402
+from casd.data.layout import DataConfig, write_annotations  # noqa: E402
+from casd.data.pose import LIMBS, PoseConfig, extract_pose, pose_input  # noqa: E402
+from casd.data.synthetic import SynthConfig, generate  # noqa: E402
 
 SIZE = (256, 176)
 

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from casd import metrics  # noqa: E402
+from casd.evaluation import metrics  # noqa: E402
 from casd.fileio import write_json  # noqa: E402
 
 
@@ -122,7 +122,7 @@ def bench_pair_metrics(n: int, size: tuple[int, int], batch: int, device: torch.
     a = rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
 
-    def ssim_metric():  # scikit-image's function per pair (see casd.metrics.ssim for why)
+    def ssim_metric():  # scikit-image's function per pair (see casd.evaluation.metrics.ssim for why)
         for s in range(0, n, batch):
             metrics.ssim(a[s:s + batch], b[s:s + batch], device)
 

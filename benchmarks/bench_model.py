@@ -30,6 +30,7 @@ import resource
 import sys
 import time
 import warnings
+from pathlib import Path
 
 
 def _build(kind: str, args):
@@ -51,7 +52,8 @@ def _build(kind: str, args):
 def _measure(kind: str, args: dict, queue) -> None:
     import torch
 
-    from casd.testing import rule_inputs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from upstream_rules import rule_inputs
 
     torch.set_num_threads(args["threads"]) if args["threads"] else None
     device = torch.device(args["device"])
@@ -103,7 +105,8 @@ def _interleaved(args: dict, queue) -> None:
 
     import torch
 
-    from casd.testing import rule_inputs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from upstream_rules import rule_inputs
 
     torch.set_num_threads(args["threads"]) if args["threads"] else None
     nets = {kind: _build(kind, args).train() for kind in ("ours", "upstream")}

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from casd.config import load_params
-    from casd.dataset import add_pose_input
+    from casd.data.dataset import add_pose_input
     from casd.train import Outputs, Trainer, TrainJob
 
     warnings.filterwarnings("ignore")

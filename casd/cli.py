@@ -14,14 +14,14 @@ from casd.errors import CasdError
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "synth": ("casd.synth", "cli_main", "write the synthetic DeepFashion dataset"),
-    "split": ("casd.prepare", "split_cli", "copy listed images into train/ and test/ under flat names"),
-    "resize": ("casd.prepare", "resize_cli", "resize images to the training size"),
-    "pose": ("casd.pose", "cli_main", "annotation CSV -> compact keypoints (+ optional upstream .npy maps)"),
-    "segment": ("casd.prepare", "segment_cli", "LIP-20 parsing -> 8 merged regions"),
+    "synth": ("casd.data.synthetic", "cli_main", "write the synthetic DeepFashion dataset"),
+    "split": ("casd.data.prepare", "split_cli", "copy listed images into train/ and test/ under flat names"),
+    "resize": ("casd.data.prepare", "resize_cli", "resize images to the training size"),
+    "pose": ("casd.data.pose", "cli_main", "annotation CSV -> compact keypoints (+ optional upstream .npy maps)"),
+    "segment": ("casd.data.prepare", "segment_cli", "LIP-20 parsing -> 8 merged regions"),
     "train": ("casd.train", "cli_main", "train the model"),
     "test": ("casd.inference", "test_cli", "generate every test pair"),
-    "evaluate": ("casd.evaluate", "cli_main", "FID / SSIM / LPIPS of generated images"),
+    "evaluate": ("casd.evaluation.evaluate", "cli_main", "FID / SSIM / LPIPS of generated images"),
     "generate": ("casd.generate", "cli_main", "pose transfer, try-on, head swap, style interpolation"),
     "import-checkpoint": ("casd.importer", "import_cli", "convert upstream generator (+ discriminator) weights"),
     "weights": ("casd.weights", "cli_main", "list (or fetch) the pretrained files the project uses"),

@@ -1,6 +1,6 @@
 """params.yaml -> typed config sections.
 
-Each module owns the dataclass of its own section (``casd.synth.SynthConfig``,
+Each module owns the dataclass of its own section (``casd.data.synthetic.SynthConfig``,
 ``casd.train.TrainConfig``, ...); this module only loads the file and turns a
 mapping into such a dataclass, refusing unknown keys so that a typo in
 params.yaml is an error, not a silently ignored knob.

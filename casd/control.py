@@ -1,7 +1,7 @@
 """Style control on CASD's per-region style tokens: swap (try-on, head swap) and interpolation.
 
 The generator's style encoder summarises a person as one token per merged
-parsing region (``casd.formats.REGION_NAMES``): ``tokens [B, 8, C]``. Editing
+parsing region (``casd.data.layout.REGION_NAMES``): ``tokens [B, 8, C]``. Editing
 those tokens before decoding changes the regions' appearance in the generated
 image; everything here is plain tensor arithmetic on them, so it can be tested
 without a model.
@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 import torch
 
 from casd.errors import CasdError
-from casd.formats import REGION_NAMES
+from casd.data.layout import REGION_NAMES
 
 # Names that stand for several regions or are another word for one (the merged parsing joins
 # pants and skirt, hat and hair, sunglasses and face, coat / dress / jumpsuit with upper clothes).

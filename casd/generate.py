@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 from casd import control
 from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import atomic_path
-from casd.formats import NUM_KEYPOINTS, NUM_REGIONS, PHASES, REGION_NAMES, flat_stem
+from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, PHASES, REGION_NAMES, flat_stem
 
 DATA_ROOT = Path("data")
 
@@ -58,7 +58,7 @@ class Person:
     """A person the style encoder can read.
 
     image: float [3, H, W] in [-1, 1]; parsing: float one-hot [8, H, W]
-    (merged regions, :data:`casd.formats.REGION_NAMES`); name: for file names and strips.
+    (merged regions, :data:`casd.data.layout.REGION_NAMES`); name: for file names and strips.
     """
 
     image: torch.Tensor
@@ -139,7 +139,7 @@ def read_pose_json(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     kp = np.asarray(data, dtype=np.int64)
     missing = (kp < 0).any(axis=1)
     if frame != tuple(size):
-        from casd.pose import rescale_keypoints
+        from casd.data.pose import rescale_keypoints
 
         kp = rescale_keypoints(kp, frame, tuple(size)).astype(np.int64)
     else:
@@ -178,7 +178,7 @@ class PreparedData:
 
     def keypoints(self) -> dict[str, np.ndarray]:
         if self._keypoints is None:
-            from casd.pose import load_keypoints
+            from casd.data.pose import load_keypoints
 
             self._keypoints = {}
             for phase in PHASES:
@@ -412,7 +412,7 @@ class Synthesizer:
 
     def pose_input(self, poses: Sequence[PoseLike]) -> torch.Tensor:
         """Poses -> the generator's pose input [B, 30, H, W]."""
-        from casd.pose import pose_input
+        from casd.data.pose import pose_input
 
         keypoints = torch.stack([self.keypoints(p) for p in poses]).to(self.device)
         return pose_input(keypoints, self.image_size, self.pose_mode, self.sigma)
@@ -468,14 +468,14 @@ class Synthesizer:
 
 # --------------------------------------------------------------------------- pictures
 
-# One colour per limb (casd.pose.LIMBS order), joints white.
+# One colour per limb (casd.data.pose.LIMBS order), joints white.
 _LIMB_COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
                  (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255))
 
 
 def draw_skeleton(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Keypoints [18, 2] (y, x; -1 missing) -> skeleton picture [3, H, W] in [-1, 1]."""
-    from casd.pose import LIMBS
+    from casd.data.pose import LIMBS
 
     h, w = size
     canvas = Image.new("RGB", (w, h))
@@ -671,7 +671,7 @@ def cli_main(argv: list[str]) -> None:
                                         device=args.device, check=bool(args.params),
                                         parsing=_parse_parsing(args.parsing, args.source))
     if args.pairs:
-        from casd.formats import read_pairs
+        from casd.data.layout import read_pairs
 
         pairs = read_pairs(args.pairs)
         if not pairs:

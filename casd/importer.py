@@ -11,7 +11,7 @@ when given, the two discriminators.
 The model configuration is read off the weights' shapes (widths, number of
 blocks, regions), so a re-trained upstream variant of other widths converts
 too; the name table and the per-key shape check are
-:func:`casd.checkpoint.convert_upstream_state_dict`'s. Files are loaded with
+:func:`casd.checkpoints.convert_upstream_state_dict`'s. Files are loaded with
 ``torch.load(weights_only=True)``: a file that holds anything but tensors is
 refused, never unpickled.
 """
@@ -56,8 +56,8 @@ def _tensor_state(obj: Any, where: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_tensors_only(path: str | Path) -> Any:
-    """:func:`casd.checkpoint.load_checkpoint` (``weights_only=True``), naming the object a refused file holds."""
-    from casd.checkpoint import load_checkpoint
+    """:func:`casd.checkpoints.load_checkpoint` (``weights_only=True``), naming the object a refused file holds."""
+    from casd.checkpoints import load_checkpoint
 
     try:
         return load_checkpoint(path)
@@ -133,7 +133,7 @@ def import_upstream(source: str | Path, output: str | Path, *, netd_pb: str | Pa
                     netd_pp: str | Path | None = None, image_size: tuple[int, int] = UPSTREAM_IMAGE_SIZE,
                     pose_mode: str = "onehot", pose_sigma: float = 6.0, **overrides) -> dict[str, Any]:
     """Convert upstream checkpoint(s) into a ``casd-generator`` file at ``output``; returns a summary dict."""
-    from casd.checkpoint import load_upstream_generator, save_checkpoint
+    from casd.checkpoints import load_upstream_generator, save_checkpoint
     from casd.weights import sha256
 
     state = load_upstream_file(source)

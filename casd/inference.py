@@ -32,7 +32,7 @@ longer listed), so the folder always holds exactly the manifest's pictures. (``d
 ``test.checkpoint`` is a project checkpoint (``models/generator.pt`` of the
 train stage, a ``checkpoints/*.pt`` training state, or an imported one) or an
 upstream release ``latest_net_netG.pth`` (a plain state dict, converted on the
-fly by :func:`casd.checkpoint.load_upstream_generator`), so that with
+fly by :func:`casd.checkpoints.load_upstream_generator`), so that with
 DeepFashion data ``dvc repro evaluate`` reproduces the paper's numbers.
 """
 
@@ -137,7 +137,7 @@ def load_any_generator(path: str | Path, model: Mapping[str, Any] | None = None,
     dict (upstream defaults when absent; ``vgg_weights`` is ignored, the VGG
     comes from the checkpoint).
     """
-    from casd.checkpoint import load_checkpoint, load_upstream_generator
+    from casd.checkpoints import load_checkpoint, load_upstream_generator
     from casd.generate import load_generator
 
     path = Path(path)
@@ -229,7 +229,7 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                         device: torch.device | str = "cpu", amp: torch.dtype | None = None,
                         strips: int = 16, limit: int = 0, workers: int = 0, stamp: str = "",
                         info: Mapping[str, Any] | None = None) -> dict:
-    """Generate every pair of ``dataset`` (a :class:`casd.dataset.PairDataset` of the test phase).
+    """Generate every pair of ``dataset`` (a :class:`casd.data.dataset.PairDataset` of the test phase).
 
     Writes ``out_dir/<output_name>`` per pair, strips for :func:`strip_indices`
     pairs under ``strips_dir``, and ``out_dir/manifest.json`` (pairs, file
@@ -238,7 +238,7 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
     """
     from tqdm import tqdm
 
-    from casd.dataset import add_pose_input
+    from casd.data.dataset import add_pose_input
     from casd.generate import decode_per_sample
 
     out_dir = Path(out_dir)
@@ -330,7 +330,7 @@ def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:
 
 def run_test(job: TestJob) -> dict:
     """The test stage: load the checkpoint named by ``test.checkpoint`` and generate every test pair."""
-    from casd.dataset import PairDataset
+    from casd.data.dataset import PairDataset
 
     cfg = job.test
     device = resolve_device(cfg.device)

@@ -67,7 +67,7 @@ from torch import nn
 from tqdm import tqdm
 
 from casd.config import flatten, from_dict, load_params
-from casd.dataset import EpochPairSampler, PairDataset, add_pose_input, prepared_paths
+from casd.data.dataset import EpochPairSampler, PairDataset, add_pose_input, prepared_paths
 from casd.errors import CasdError, ConfigError
 from casd.fileio import atomic_path, write_json, write_text
 from casd.tracking import RUN_FILE, Tracker, TrackingConfig
@@ -340,7 +340,7 @@ def draw_pose(keypoints: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Skeleton picture [H, W, 3] uint8 of keypoints [18, 2] (y, x; -1 missing): limbs as lines, joints as dots."""
     from PIL import Image, ImageDraw
 
-    from casd.pose import LIMBS
+    from casd.data.pose import LIMBS
 
     h, w = size
     canvas = Image.new("RGB", (w, h))
@@ -558,7 +558,7 @@ class Trainer:
         """Write ``latest.pt`` (and ``epoch_NNNN.pt``), atomically; rank 0 only."""
         if not self.dist.main:
             return
-        from casd.checkpoint import save_checkpoint
+        from casd.checkpoints import save_checkpoint
 
         state = self.state()
         save_checkpoint(self.out.checkpoint_dir / "latest.pt", state)
@@ -566,7 +566,7 @@ class Trainer:
             save_checkpoint(self.out.checkpoint_dir / f"epoch_{self.epoch:04d}.pt", state)
 
     def _maybe_resume(self) -> None:
-        from casd.checkpoint import load_checkpoint
+        from casd.checkpoints import load_checkpoint
 
         spec = self.cfg.resume
         if spec == "never":
@@ -831,7 +831,7 @@ class Trainer:
         """Final outputs (rank 0): generator export, metrics, loss CSV, preview grid, MLflow artifacts."""
         from PIL import Image
 
-        from casd.checkpoint import save_checkpoint
+        from casd.checkpoints import save_checkpoint
 
         state = self.state()
         export = {k: state[k] for k in ("generator", "model_config", "vgg_pretrained", "image_size", "pose_mode",

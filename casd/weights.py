@@ -80,10 +80,10 @@ REGISTRY: dict[str, WeightFile] = {w.key: w for w in [
                "FID (pytorch-fid InceptionV3 pool3)", size_hint="92 MB"),
     WeightFile("alexnet", "alexnet-owt-7be5be79.pth",
                "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79",
-               "LPIPS metric backbone (AlexNet, v0.1; casd.metrics)", size_hint="233 MB"),
+               "LPIPS metric backbone (AlexNet, v0.1; casd.evaluation.metrics)", size_hint="233 MB"),
     WeightFile("lpips-alex-lin", "alex.pth",
                "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth",
-               "df73285e", "LPIPS metric linear layers (AlexNet, v0.1; casd.metrics), shipped inside the "
+               "df73285e", "LPIPS metric linear layers (AlexNet, v0.1; casd.evaluation.metrics), shipped inside the "
                "lpips package",
                sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", home="lpips",
                size_hint="6 KB"),

@@ -1,8 +1,8 @@
 """Stage resize: data/split -> data/resized at data.image_size (optional border crop, Lanczos)."""
 
 from casd.config import from_dict, load_params, run_stage
-from casd.formats import DataConfig
-from casd.prepare import resize
+from casd.data.layout import DataConfig
+from casd.data.prepare import resize
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Stage segment: LIP-20 parsing maps -> data/parsing/{train,test}, 8 merged regions at data.image_size."""
 
 from casd.config import from_dict, load_params, run_stage
-from casd.formats import DataConfig
-from casd.prepare import segment
+from casd.data.layout import DataConfig
+from casd.data.prepare import segment
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Stage split: listed raw images -> data/split/{train,test}/<flat name>.jpg + validated pairs CSVs."""
 
 from casd.config import from_dict, load_params, run_stage
-from casd.formats import DataConfig
-from casd.prepare import split
+from casd.data.layout import DataConfig
+from casd.data.prepare import split
 
 
 def main() -> None:

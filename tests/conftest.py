@@ -4,7 +4,7 @@
                   2 categories x 3 identities x 3 poses, JPEGs 128x88, annotation frame 128x88.
 ``tiny_prepared`` Path of a folder laid out like ``data/``: raw/, split/, resized/, pose/, parsing/,
                   reports/, prepared at 64x44 by the four stages (split, resize, pose, segment).
-``tiny_data_config``  the :class:`casd.formats.DataConfig` they were prepared with.
+``tiny_data_config``  the :class:`casd.data.layout.DataConfig` they were prepared with.
 
 Both are shared by the whole session: tests that modify files must copy them first
 (``shutil.copytree``).
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from casd.formats import DataConfig
-from casd.synth import SynthConfig
+from casd.data.layout import DataConfig
+from casd.data.synthetic import SynthConfig
 
 TINY_RAW_SIZE = (128, 88)
 TINY_IMAGE_SIZE = (64, 44)
@@ -36,7 +36,7 @@ def tiny_data_config() -> DataConfig:
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory, tiny_data_config) -> Path:
-    from casd.synth import generate
+    from casd.data.synthetic import generate
     raw = tmp_path_factory.mktemp("tiny") / "raw"
     generate(tiny_synth_config(), tiny_data_config.annotation_size, raw, workers=1)
     return raw
@@ -44,8 +44,8 @@ def tiny_raw(tmp_path_factory, tiny_data_config) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_raw, tiny_data_config) -> Path:
-    from casd.pose import PoseConfig, extract_pose
-    from casd.prepare import resize, segment, split
+    from casd.data.pose import PoseConfig, extract_pose
+    from casd.data.prepare import resize, segment, split
     root = tiny_raw.parent
     reports = root / "reports"
     split(tiny_data_config, tiny_raw, root / "split", reports)

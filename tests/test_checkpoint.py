@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from casd.checkpoint import (CheckpointMismatch, convert_upstream_state_dict, export_upstream_state_dict,
+from casd.checkpoints import (CheckpointMismatch, convert_upstream_state_dict, export_upstream_state_dict,
                              load_checkpoint, load_upstream_generator, save_checkpoint, upstream_names,
                              upstream_unused)
 from casd.errors import DataError
 from casd.models import Generator, GeneratorConfig
-from casd.testing import rule_inputs
+from upstream_rules import rule_inputs
 
 TSV = Path(__file__).parent / "fixtures" / "netG_state_dict.tsv"
 

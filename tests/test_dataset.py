@@ -7,62 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import formats, pose
-from casd.dataset import EpochPairSampler, PairDataset, add_pose_input, flip_keypoints
+from casd.data import layout as formats, pose
+from casd.data.dataset import EpochPairSampler, PairDataset, add_pose_input, flip_keypoints
 from casd.errors import DataError
+from helpers import write_prepared
 
 # left/right joint pairs by name, to check the flip permutation independently of its table
 MIRRORED = [(f"right_{part}", f"left_{part}") for part in
             ("shoulder", "elbow", "wrist", "hip", "knee", "ankle", "eye", "ear")]
 
 
-def write_prepared(root, size=(32, 24), identities=3, poses=3, test_identities=1, seed=0):
-    """Tiny prepared dataset in the contract layout (data/split, resized, pose, parsing) under ``root``.
-
-    Each person: a torso (upper clothes, region 5) and legs (region 7) in the
-    identity's colours around its keypoints, arms (region 6) on the left side
-    only, so that flips are visible. Returns {phase: list of names}.
-    """
-    rng = np.random.default_rng(seed)
-    h, w = size
-    names_by_phase = {}
-    for phase, ids in (("train", range(identities)), ("test", range(identities, identities + test_identities))):
-        names, keypoints, pairs = [], [], []
-        (root / "resized" / phase).mkdir(parents=True, exist_ok=True)
-        (root / "parsing" / phase).mkdir(parents=True, exist_ok=True)
-        (root / "split").mkdir(parents=True, exist_ok=True)
-        for ident in ids:
-            colours = rng.integers(0, 256, size=(3, 3))
-            person = []
-            for p in range(poses):
-                name = f"fashionWOMENDressesid{ident:08d}0{p + 1}_{p + 1}front.jpg"
-                kp = np.full((18, 2), -1, dtype=np.int16)
-                cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
-                kp[1] = (cy - h // 4, cx)                  # neck
-                kp[2], kp[5] = (cy - h // 4, cx - 3), (cy - h // 4, cx + 3)   # shoulders: right at smaller x
-                kp[8], kp[11] = (cy + 2, cx - 2), (cy + 2, cx + 2)          # hips
-                kp[9], kp[12] = (min(cy + h // 4, h - 1), cx - 2), (min(cy + h // 4, h - 1), cx + 2)  # knees
-                kp[0] = (max(cy - h // 3, 0), cx)          # nose
-                kp[7] = (cy, min(cx + 6, w - 1))           # left wrist only
-                regions = np.zeros((h, w), np.uint8)
-                regions[kp[1, 0]:kp[8, 0], kp[2, 1]:kp[5, 1] + 1] = 5
-                regions[kp[8, 0]:kp[9, 0], kp[8, 1]:kp[11, 1] + 1] = 7
-                regions[kp[5, 0]:kp[7, 0] + 1, kp[5, 1] + 1:kp[7, 1] + 1] = 6
-                image = np.full((h, w, 3), 200, np.uint8)
-                for region, colour in zip((5, 7, 6), colours):
-                    image[regions == region] = colour
-                Image.fromarray(image).save(root / "resized" / phase / name, quality=95)
-                Image.fromarray(regions).save(root / "parsing" / phase / (name[:-4] + ".png"))
-                names.append(name)
-                keypoints.append(kp)
-                person.append(name)
-            pairs += [(a, b) for a in person for b in person if a != b]
-        formats.write_pairs(root / "split" / f"pairs-{phase}.csv", pairs)
-        (root / "pose").mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(root / "pose" / f"{phase}.npz", names=np.array(names, dtype=str),
-                            keypoints=np.stack(keypoints))
-        names_by_phase[phase] = names
-    return names_by_phase
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +44,7 @@ def test_sample_contents(prepared):
     # image pixels come from the file (JPEG, so approximately)
     raw = np.asarray(Image.open(prepared / "resized" / "train" / src), dtype=np.float32) / 127.5 - 1
     assert torch.allclose(s["P1"].permute(1, 2, 0), torch.from_numpy(raw), atol=1e-6)
-    # the pose input is exactly casd.pose's rendering, in the loader or batched
+    # the pose input is exactly casd.data.pose's rendering, in the loader or batched
     assert torch.equal(s["BP2"], pose.pose_input(s["K2"][None], (32, 24))[0])
     lazy = PairDataset(prepared, "train", (32, 24), render_pose=False, preload=False)[0]
     assert "BP1" not in lazy and torch.equal(lazy["P1"], s["P1"]) and torch.equal(lazy["SP2"], s["SP2"])

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from casd import evaluate
-from casd.report import _fmt
+from casd.evaluation import evaluate
+from casd.evaluation.report import _fmt
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from casd.errors import ConfigError, DataError
-from casd.formats import (LIP_FLIP, LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, flat_name, merge_parsing,
+from casd.data.layout import (LIP_FLIP, LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, flat_name, merge_parsing,
                           parsing_onehot, read_annotations, read_list, read_pairs, rescale_keypoints,
                           write_annotations)
 

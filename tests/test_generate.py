@@ -17,9 +17,9 @@ from PIL import Image
 
 from casd import generate
 from casd.errors import CasdError, DataError
-from casd.formats import REGION_NAMES
+from casd.data.layout import REGION_NAMES
 from casd.models.generator import Generator, GeneratorConfig
-from casd.pose import pose_input
+from casd.data.pose import pose_input
 
 SIZE = (32, 24)
 NAMES = [f"fashionWOMENDressesid000000{i:02d}01_1front.jpg" for i in range(4)]
@@ -203,7 +203,7 @@ def checkpoint(generator, tmp_path):
     """The fixture generator as ``casd train`` exports it (models/generator.pt format)."""
     import dataclasses
 
-    from casd.checkpoint import save_checkpoint
+    from casd.checkpoints import save_checkpoint
 
     path = tmp_path / "generator.pt"
     save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
@@ -238,7 +238,7 @@ def test_cli_tryon_writes_result_and_strip(checkpoint, data_root, tmp_path, synt
 
 def test_cli_pairs_batch(checkpoint, data_root, tmp_path):
     from casd.cli import main as casd_main
-    from casd.formats import write_pairs
+    from casd.data.layout import write_pairs
 
     write_pairs(tmp_path / "pairs.csv", [(NAMES[0], NAMES[1]), (NAMES[1], NAMES[2]), (NAMES[3], NAMES[0])])
     casd_main(["generate", "--checkpoint", str(checkpoint), "--data-root", str(data_root), "--pairs",

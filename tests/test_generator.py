@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from casd.checkpoint import load_checkpoint, load_upstream_generator
+from casd.checkpoints import load_checkpoint, load_upstream_generator
 from casd.errors import ConfigError, WeightsError
 from casd.models import Discriminator, Generator, GeneratorConfig, VGG19Features
 from casd.models.generator import adaptive_instance_norm, attention_modulated_norm, upsample_conv5
-from casd.checkpoint import upstream_names
-from casd.testing import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict
+from casd.checkpoints import upstream_names
+from upstream_rules import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream_equivalence.pt"
 REFERENCE_TSV = Path(__file__).parent / "fixtures" / "netG_state_dict.tsv"
@@ -189,9 +189,9 @@ def rule_generator(upstream_fixture):
 @pytest.mark.parametrize("case,mode", [("256x176", "eval"), ("256x176", "train"), ("64x44", "eval"),
                                        ("64x44", "train")])
 def test_equivalence_with_upstream(upstream_fixture, rule_generator, case, mode):
-    """Same weights (casd.testing rule) and inputs -> upstream's image and attention maps within 1e-4 (float32, CPU).
+    """Same weights (upstream_rules rule) and inputs -> upstream's image and attention maps within 1e-4 (float32, CPU).
 
-    Cases include empty regions (casd.testing.CASES); see casd/testing.py for how the fixture was made.
+    Cases include empty regions (upstream_rules.CASES); see tests/upstream_rules.py for how the fixture was made.
     """
     fixture = upstream_fixture["cases"][case]
     batch, height, width, seed, empty = CASES[case]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from casd import importer
-from casd.checkpoint import export_upstream_state_dict, load_checkpoint
+from casd.checkpoints import export_upstream_state_dict, load_checkpoint
 from casd.cli import main as casd_main
 from casd.errors import CasdError, DataError
 from casd.generate import Synthesizer, load_generator

@@ -29,7 +29,7 @@ def _tiny_generator(seed: int = 0):
 
 
 def _save_checkpoint(path, generator):
-    from casd.checkpoint import save_checkpoint
+    from casd.checkpoints import save_checkpoint
 
     save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
                            "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
@@ -40,7 +40,7 @@ def _save_checkpoint(path, generator):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Two tiny project checkpoints (different weights) and the first one as an upstream state dict."""
-    from casd.checkpoint import export_upstream_state_dict
+    from casd.checkpoints import export_upstream_state_dict
 
     root = tmp_path_factory.mktemp("checkpoints")
     generator = _tiny_generator()
@@ -69,7 +69,7 @@ def job(tiny_prepared, checkpoints, tmp_path):
 
 
 def _pairs(root):
-    from casd.formats import read_pairs
+    from casd.data.layout import read_pairs
 
     return read_pairs(root / "split" / "pairs-test.csv")
 
@@ -112,7 +112,7 @@ def test_batched_generation_equals_batch_of_one(reference, tiny_prepared, checkp
 
 def test_per_sample_statistics_match_upstream_batch_of_one_calls():
     from casd.generate import decode_per_sample
-    from casd.testing import rule_inputs
+    from upstream_rules import rule_inputs
 
     generator = _tiny_generator()
     pose, image, parsing = rule_inputs(3, 64, 44, seed=5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import metrics
+from casd.evaluation import metrics
 from casd.errors import WeightsError
 
 

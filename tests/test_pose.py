@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from casd.errors import DataError
-from casd.formats import DataConfig, read_annotations, rescale_keypoints
-from casd.pose import (FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS, PoseConfig, extract_pose, limb_maps, load_keypoints,
+from casd.data.layout import DataConfig, read_annotations, rescale_keypoints
+from casd.data.pose import (FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS, PoseConfig, extract_pose, limb_maps, load_keypoints,
                        pose_input, pose_maps)
 
 SIZE = (20, 14)

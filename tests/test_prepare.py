@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from casd.errors import DataError
-from casd.formats import LIP_TO_REGION, flat_name, read_list, read_pairs
-from casd.prepare import available_pairs, resize, segment, split
+from casd.data.layout import LIP_TO_REGION, flat_name, read_list, read_pairs
+from casd.data.prepare import available_pairs, resize, segment, split
 
 
 def copy_raw(tiny_raw: Path, tmp_path: Path) -> Path:

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import evaluate, inference, metrics
+from casd import inference
+from casd.evaluation import evaluate, metrics
 
 
 def _fake_test_stage(root, paths, count=6, strips=2):
     """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest."""
-    from casd.formats import read_pairs
+    from casd.data.layout import read_pairs
 
     pairs = read_pairs(root / "split" / "pairs-test.csv")[:count]
     rng = np.random.default_rng(0)

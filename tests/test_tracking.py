@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,8 @@ import pytest
 from casd import train as train_module
 from casd.tracking import Tracker, TrackingConfig, open_run_from_file
 from casd.train import NonFiniteLossError, Outputs, TrainJob, train
+from helpers import SIZE, tiny_params, write_prepared
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dataset import write_prepared  # noqa: E402
-from test_train import SIZE, tiny_params  # noqa: E402
 
 
 @pytest.fixture(scope="module")

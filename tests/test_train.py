@@ -15,42 +15,12 @@ import torch
 import yaml
 
 from casd import train as train_module
-from casd.checkpoint import load_checkpoint
+from casd.checkpoints import load_checkpoint
 from casd.errors import ConfigError
 from casd.train import NonFiniteLossError, Outputs, TrainJob, lr_factor, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dataset import write_prepared  # noqa: E402
+from helpers import SIZE, tiny_loss, tiny_params, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = [32, 24]
-
-
-def tiny_params(**train_overrides) -> dict:
-    """Tiny model and loop on the 32x24 test data; VGG-heavy terms stay on except CX and LPIPS."""
-    train = {"epochs_constant": 2, "epochs_decay": 1, "pairs_per_epoch": 8, "batch_size": 4, "disc_width": 8,
-             "deterministic": True, "threads": 1, "save_every": 2, "checkpoint_every_steps": 1, "log_every": 1,
-             "sample_every": 2, "seed": 7}
-    train.update(train_overrides)
-    return {"data": {"image_size": SIZE}, "pose": {"mode": "onehot", "sigma": 6.0},
-            "model": {"pose_width": 8, "style_width": 8, "width": 16, "mlp_width": 16, "adain_blocks": 2,
-                      "modulated_blocks": 2, "vgg_weights": "none"},
-            "loss": tiny_loss(), "train": train, "tracking": {"enabled": False}}
-
-
-def tiny_loss() -> dict:
-    from casd.losses import LossConfig
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(LossConfig)}
-    loss = {}
-    for key in ("cx", "lpips"):  # the slow terms: off for tests (they have their own tests)
-        if key in names:
-            loss[key] = 0.0
-    for key in ("vgg_weights", "cx_vgg_weights", "lpips_weights"):
-        if key in names:
-            loss[key] = "none"
-    return loss
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,12 @@ Usage (see casd/testing.py for the whole procedure and the rules)::
     python tools/make_equivalence_fixtures.py /tmp/upstream_casd [--out tests/fixtures/upstream_equivalence.pt]
 
 UPSTREAM_DIR must hold upstream's ``models/CASD.py`` (github.com/xyzhouo/CASD),
-patched as casd/testing.py says; it is imported from there at run time and
-never copied into this repository. For each case of ``casd.testing.CASES`` the
+patched as tests/upstream_rules.py says; it is imported from there at run time and
+never copied into this repository. For each case of ``upstream_rules.CASES`` the
 file stores a checksum of the inputs (the test regenerates them from the seed),
 the style tokens, the image and both attention maps in float32, from upstream
 in train mode, plus the largest train-vs-eval difference upstream shows, and
-for ``casd.testing.GRADIENT_CASE`` the gradients of ``gradient_objective`` with
+for ``upstream_rules.GRADIENT_CASE`` the gradients of ``gradient_objective`` with
 respect to ``GRADIENT_KEYS`` (one small tensor on every path of the network).
 """
 
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
-from casd.checkpoint import save_checkpoint
-from casd.testing import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict
+from casd.checkpoints import save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fixture rules live with the tests
+from upstream_rules import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict  # noqa: E402
 
 
 def input_checksums(*tensors: torch.Tensor) -> torch.Tensor:

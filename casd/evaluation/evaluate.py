@@ -14,13 +14,13 @@ FID (``data/resized/train/``). Outputs:
   image unchanged -- the floor a trained model has to beat.
 - ``reports/eval_pairs.csv``  one row per pair: ``from,to,file,ssim,psnr,lpips,``
   ``baseline_ssim,baseline_psnr,baseline_lpips`` (skipped metrics: empty cells).
-- ``reports/index.html``  the static report (:mod:`casd.report`).
+- ``reports/index.html``  the static report (:mod:`casd.evaluation.report`).
 - the same numbers on the training run in MLflow (``eval/ssim``, ``eval/baseline/ssim``,
   ...; the run id comes from ``metrics/mlflow_run.json``), with the report as artifact.
 
 A metric whose pretrained network cannot be loaded (no internet and no cached
 file) is *skipped*: ``null`` in the JSON, the reason under ``skipped``, never a
-number. The protocol of each metric: :mod:`casd.metrics`.
+number. The protocol of each metric: :mod:`casd.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from casd import metrics
+from casd.evaluation import metrics
 from casd.config import from_dict, load_params, resolve_device
 from casd.errors import ConfigError, DataError, WeightsError
 from casd.fileio import atomic_path, write_json
@@ -291,7 +291,7 @@ def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, netw
     write_pairs_csv(paths.pairs_csv, pairs, per_pair)
     write_json(paths.metrics, result)
     if report:
-        from casd.report import build_report
+        from casd.evaluation.report import build_report
 
         build_report(paths, config, manifest=manifest)
     if track:

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from casd.config import from_dict, load_params
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, write_json, write_text
-from casd.formats import (IMAGE_TREE, NUM_KEYPOINTS, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR,
+from casd.data.layout import (IMAGE_TREE, NUM_KEYPOINTS, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR,
                           DataConfig, annotation_file, flat_name, flat_stem, list_file, pairs_file,
                           rescale_keypoints, write_annotations, write_pairs)
 

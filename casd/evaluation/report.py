@@ -144,7 +144,7 @@ def loss_curves(loss_csv: Path) -> str:
 
 
 def _pair_picture(paths, source: str, target: str, file: str) -> np.ndarray:
-    from casd.metrics import read_rgb
+    from casd.evaluation.metrics import read_rgb
 
     panels = [read_rgb(paths.test_images / source), read_rgb(paths.generated / file), read_rgb(paths.test_images / target)]
     return np.concatenate(panels, axis=1)
@@ -177,7 +177,7 @@ def sample_grid(strips_dir: Path, names: Sequence[str], count: int) -> tuple[str
     files = [strips_dir / n for n in names if (strips_dir / n).is_file()][:count]
     if not files:
         return f'<p class="note">no strips in {html.escape(str(strips_dir))} (test.strips: 0?)</p>', 0
-    from casd.metrics import read_rgb
+    from casd.evaluation.metrics import read_rgb
 
     strips = [read_rgb(f) for f in files]
     width = max(s.shape[1] for s in strips)
@@ -190,10 +190,10 @@ def sample_grid(strips_dir: Path, names: Sequence[str], count: int) -> tuple[str
 def build_report(paths, config=None, manifest: Mapping[str, Any] | None = None) -> Path:
     """Write ``paths.report`` from ``paths.metrics`` (eval.json), ``paths.pairs_csv``, the loss CSV and strips.
 
-    ``paths``: :class:`casd.evaluate.EvaluatePaths`; ``config``: its
-    :class:`~casd.evaluate.EvaluateConfig` (how many pairs / strips to show).
+    ``paths``: :class:`casd.evaluation.evaluate.EvaluatePaths`; ``config``: its
+    :class:`~casd.evaluation.evaluate.EvaluateConfig` (how many pairs / strips to show).
     """
-    from casd.evaluate import read_pairs_csv
+    from casd.evaluation.evaluate import read_pairs_csv
 
     result = json.loads(Path(paths.metrics).read_text(encoding="utf-8"))
     rows = read_pairs_csv(paths.pairs_csv)

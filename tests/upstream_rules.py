@@ -2,7 +2,7 @@
 
 The same rule runs in two places: in the fixture script (outside the repo,
 against upstream's own ``ADGen``) and in tests/test_generator.py (against
-:class:`casd.models.Generator`, through :func:`casd.checkpoint.load_upstream_generator`).
+:class:`casd.models.Generator`, through :func:`casd.checkpoints.load_upstream_generator`).
 Nothing here is upstream code; only key names and shapes are shared.
 
 Weight rule (:func:`rule_state_dict`), for each (key, shape) of an upstream-named

@@ -10,7 +10,7 @@
   right (annotation-frame pixels, scaled to the raw width), Lanczos resampling.
 - :func:`segment`: ``semantic_merge3/<stem>.png`` (LIP-20 ids, annotation frame)
   of every split image -> ``data/parsing/{train,test}/<stem>.png`` with the
-  8 merged region ids (:data:`casd.formats.LIP_TO_REGION`), same crop,
+  8 merged region ids (:data:`casd.data.layout.LIP_TO_REGION`), same crop,
   nearest-neighbour resize.
 
 Every output file is written atomically; an output already newer than its
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from casd.config import from_dict, load_params
 from casd.errors import DataError
 from casd.fileio import atomic_path, write_json
-from casd.formats import (IMAGE_TREE, PARSING_DIR, PARSING_TREE, PHASES, POSE_DIR, REPORTS_DIR, RESIZED_DIR,
+from casd.data.layout import (IMAGE_TREE, PARSING_DIR, PARSING_TREE, PHASES, POSE_DIR, REPORTS_DIR, RESIZED_DIR,
                           SPLIT_DIR, DataConfig, ErrorPolicy, LIP_TO_REGION, flat_name, flat_stem, list_file,
                           pairs_file, read_list, read_pairs_rows, write_pairs)
 
@@ -328,10 +328,10 @@ def available_pairs(phase: str, split_dir: str | Path = SPLIT_DIR, resized_dir: 
     With ``data.on_error: skip`` a stage may have dropped an image; the dataset
     uses this to drop the pairs that name it (a warning says how many).
     """
-    from casd.formats import read_pairs
+    from casd.data.layout import read_pairs
     pairs = read_pairs(Path(split_dir) / f"pairs-{phase}.csv")
     if keypoint_names is None:
-        from casd.pose import load_keypoints
+        from casd.data.pose import load_keypoints
         keypoint_names = load_keypoints(Path(pose_dir) / f"{phase}.npz")
     have_keypoints = set(keypoint_names)
     images = {p.name for p in (Path(resized_dir) / phase).glob("*.jpg")}
@@ -371,7 +371,7 @@ def segment_from_params(params_path: str | Path = "params.yaml") -> dict[str, in
 
 
 def _cli(prog: str, function: Callable[[str], object], argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"casd {prog}", description=f"the {prog} stage (see casd.prepare)")
+    parser = argparse.ArgumentParser(prog=f"casd {prog}", description=f"the {prog} stage (see casd.data.prepare)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     function(parser.parse_args(argv).params)
 

@@ -7,7 +7,7 @@ compressed, name included) instead of upstream's dense H x W x 18 ``.npy``
 maps (811 KB each at 256x176). The maps are rendered on the fly by
 :func:`pose_input`, batched in torch (benchmarks/bench_data.py measures both).
 
-Coordinate rule (:func:`casd.formats.rescale_keypoints`; annotation frame
+Coordinate rule (:func:`casd.data.layout.rescale_keypoints`; annotation frame
 (H_ann, W_ann) -> image frame (H, W), crop border c in annotation pixels,
 W_c = W_ann - 2c)::
 
@@ -44,7 +44,7 @@ from tqdm import tqdm
 from casd.config import from_dict, load_params
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path
-from casd.formats import (NUM_KEYPOINTS, PHASES, POSE_DIR, REPORTS_DIR, DataConfig, ErrorPolicy, annotation_file,
+from casd.data.layout import (NUM_KEYPOINTS, PHASES, POSE_DIR, REPORTS_DIR, DataConfig, ErrorPolicy, annotation_file,
                           read_annotations, rescale_keypoints)
 
 KEYPOINT_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from casd import formats, pose
+from casd.data import layout as formats, pose
 from casd.errors import DataError
 
 NUM_REGIONS = 8

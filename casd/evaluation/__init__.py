@@ -1,0 +1,1 @@
+"""Evaluation: metrics over the reference packages -> the evaluate stage -> the HTML report."""
