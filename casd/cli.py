@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from casd.errors import CasdError
+from casd.errors import user_error_message
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -48,9 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     module, func, _ = COMMANDS[name]
     try:
         getattr(importlib.import_module(module), func)(rest)
-    except CasdError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None:  # a bug: keep the traceback
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

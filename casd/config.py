@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
-from casd.errors import CasdError, ConfigError
+from casd.errors import ConfigError, user_error_message
 
 T = TypeVar("T")
 
@@ -28,8 +28,15 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
-    with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f", line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return params
@@ -87,11 +94,15 @@ def resolve_device(spec: str):
 
 
 def run_stage(main: Callable[[], Any]) -> None:
-    """Run a stage's ``main``; a ``CasdError`` becomes one line on stderr and exit status 1."""
+    """Run a stage's ``main``; a user-caused error (see ``user_error_message``) becomes one line on stderr
+    and exit status 1; anything else is a bug and keeps its traceback."""
     try:
         main()
-    except CasdError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
