@@ -40,11 +40,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from casd import control
+from casd import control, visuals
 from casd.errors import CasdError, ConfigError, DataError
-from casd.fileio import atomic_path
 from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, PHASES, REGION_NAMES, flat_stem
 
 DATA_ROOT = Path("data")
@@ -461,77 +460,9 @@ class Synthesizer:
 
     # ---- pictures
 
-    def pose_picture(self, pose: PoseLike) -> torch.Tensor:
-        """The skeleton of ``pose`` drawn on black, [3, H, W] in [-1, 1] (for strips)."""
-        return draw_skeleton(self.keypoints(pose), self.image_size)
-
-
-# --------------------------------------------------------------------------- pictures
-
-# One colour per limb (casd.data.pose.LIMBS order), joints white.
-_LIMB_COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
-                 (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255))
-
-
-def draw_skeleton(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Keypoints [18, 2] (y, x; -1 missing) -> skeleton picture [3, H, W] in [-1, 1]."""
-    from casd.data.pose import LIMBS
-
-    h, w = size
-    canvas = Image.new("RGB", (w, h))
-    draw = ImageDraw.Draw(canvas)
-    kp = keypoints.tolist()
-    line = max(1, round(min(h, w) / 40))
-    for (a, b), colour in zip(LIMBS, _LIMB_COLOURS):
-        if min(kp[a]) >= 0 and min(kp[b]) >= 0:
-            draw.line([(kp[a][1], kp[a][0]), (kp[b][1], kp[b][0])], fill=colour, width=line)
-    r = max(0.5, line / 2)
-    for y, x in kp:
-        if y >= 0 and x >= 0:
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 255, 255))
-    return torch.from_numpy(np.asarray(canvas, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
-    return ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
-def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """[3, H, W] in [-1, 1] -> PNG at ``path`` (atomic)."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    return Path(path)
-
-
-def make_strip(panels: Sequence[torch.Tensor], gap: int = 2, scale: int = 1,
-               labels: Sequence[str] | None = None) -> torch.Tensor:
-    """Panels [3, H, W] side by side, ``gap`` white columns between -> [3, H', W'] in [-1, 1].
-
-    ``scale`` > 1 enlarges every panel (nearest neighbour, for viewing small
-    images); ``labels`` (one per panel) adds a caption band above them.
-    """
-    pieces: list[torch.Tensor] = []
-    for i, panel in enumerate(panels):
-        panel = panel.detach().cpu().float()
-        if scale > 1:
-            panel = panel.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-        if i:
-            pieces.append(torch.ones(3, panel.shape[1], gap))
-        pieces.append(panel)
-    strip = torch.cat(pieces, dim=2)
-    if not labels:
-        return strip
-    band_height = 14
-    band = Image.new("RGB", (strip.shape[2], band_height), (255, 255, 255))
-    draw = ImageDraw.Draw(band)
-    x = 0
-    for panel, label in zip(panels, labels):
-        width = panel.shape[2] * scale
-        draw.text((x + 2, 1), label, fill=(0, 0, 0))
-        x += width + gap
-    band_t = torch.from_numpy(np.asarray(band, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-    return torch.cat([band_t, strip], dim=1)
+    def pose_picture(self, pose: PoseLike) -> np.ndarray:
+        """The skeleton of ``pose`` drawn on black, uint8 [H, W, 3] (for strips)."""
+        return visuals.draw_skeleton(self.keypoints(pose), self.image_size)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -609,15 +540,18 @@ def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir
         for (source_name, pose_name), person, image in zip(chunk, sources, images):
             stem = _output_stem(source_name, pose_name, {r: str(d) for r, d in swaps.items()},
                                 None if mix is None else str(mix), alpha, regions)
-            written.append(save_png(image, out_dir / f"{stem}.png"))
+            picture = visuals.to_uint8(image)
+            written.append(visuals.save_png(picture, out_dir / f"{stem}.png"))
             if strips:
                 panels = [person.image, synth.pose_picture(pose_name), *[d.image for d in donors]]
                 names = ["source", "target pose", *[f"{region} from" for region in swaps]]
                 if partner is not None:
                     panels.append(partner.image)
                     names.append(f"mix {alpha:g}")
-                strip = make_strip([*panels, image], scale=strip_scale, labels=[*names, "result"] if labels else None)
-                written.append(save_png(strip, out_dir / f"{stem}_strip.png"))
+                panels = [visuals.to_uint8(p) if isinstance(p, torch.Tensor) else p for p in panels]
+                strip = visuals.make_strip([*panels, picture], gap=2, scale=strip_scale,
+                                           labels=[*names, "result"] if labels else None)
+                written.append(visuals.save_png(strip, out_dir / f"{stem}_strip.png"))
     return written
 
 

@@ -50,11 +50,11 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-from PIL import Image
 
 from casd.config import from_dict, load_params, resolve_device
 from casd.errors import ConfigError, DataError
-from casd.fileio import atomic_path, safe_name, write_json
+from casd import visuals
+from casd.fileio import safe_name, write_json
 
 AMP_MODES = ("auto", "none", "fp16", "bf16")
 GENERATED_DIR = Path("data/generated")
@@ -284,16 +284,15 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                 else:
                     fake = decode_per_sample(generator, batch["BP2"], tokens)
             fake = fake.float()
-            pictures = to_uint8(fake)  # [B, H, W, 3]
-            sources, truths = to_uint8(batch["P1"]), to_uint8(batch["P2"])
+            pictures = visuals.to_uint8(fake)  # [B, H, W, 3]
+            sources, truths = visuals.to_uint8(batch["P1"]), visuals.to_uint8(batch["P2"])
             for b, picture in enumerate(pictures):
                 i = next(order)
-                with atomic_path(out_dir / files[i]) as tmp:
-                    Image.fromarray(picture).save(tmp, format="PNG")
+                visuals.save_png(picture, out_dir / files[i])
                 if strips_dir is not None and i in with_strip:
-                    strip = make_strip(sources[b], batch["K2"][b], picture, truths[b])
-                    with atomic_path(strips_dir / files[i]) as tmp:
-                        Image.fromarray(strip).save(tmp, format="PNG")
+                    skeleton = visuals.draw_skeleton(batch["K2"][b], dataset.image_size)
+                    visuals.save_png(visuals.make_strip([sources[b], skeleton, picture, truths[b]]),
+                                     strips_dir / files[i])
             bar.update(len(pictures))
     seconds = time.perf_counter() - started
     manifest.update(complete=True, generated=len(todo), skipped=skipped, seconds=round(seconds, 3),
@@ -301,20 +300,6 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                     batch_size=batch_size, device=str(device))
     write_json(out_dir / MANIFEST, manifest)
     return manifest
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (round to nearest, as the pictures are stored)."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def make_strip(source: np.ndarray, target_keypoints: torch.Tensor, generated: np.ndarray,
-               truth: np.ndarray) -> np.ndarray:
-    """source | target pose skeleton | generated | ground truth, each uint8 [H, W, 3] -> [H, 4W, 3]."""
-    from casd.generate import draw_skeleton
-
-    skeleton = to_uint8(draw_skeleton(target_keypoints.cpu(), source.shape[:2])[None])[0]
-    return np.concatenate([source, skeleton, generated, truth], axis=1)
 
 
 def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:

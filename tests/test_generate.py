@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import generate
+from casd import generate, visuals
 from casd.errors import CasdError, DataError
 from casd.data.layout import REGION_NAMES
 from casd.models.generator import Generator, GeneratorConfig
@@ -191,7 +191,7 @@ def test_generate_pairs_writes_images_and_strips(synth, tmp_path):
     with Image.open(strips[0]) as img:  # source | pose | donor | result, 2 px gaps
         assert img.size == (4 * SIZE[1] + 3 * 2, SIZE[0])
     # the written result is the single-pair swap (batched float noise may move a value by one level)
-    expected = generate.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[3]})).astype(int)
+    expected = visuals.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[3]})).astype(int)
     with Image.open(images[0]) as img:
         assert np.abs(np.asarray(img).astype(int) - expected).max() <= 1
 
@@ -232,7 +232,7 @@ def test_cli_tryon_writes_result_and_strip(checkpoint, data_root, tmp_path, synt
     assert [p.name.endswith("_strip.png") for p in results] == [False, True]
     with Image.open(results[0]) as img:
         got = np.asarray(img).astype(int)
-    expected = generate.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[2]})).astype(int)
+    expected = visuals.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[2]})).astype(int)
     assert np.abs(got - expected).max() <= 1
 
 
@@ -283,11 +283,11 @@ def test_cli_checkpoint_of_another_configuration(checkpoint, data_root, tmp_path
 
 
 def test_strip_scale_and_captions():
-    panels = [torch.full((3, *SIZE), v) for v in (-1.0, 0.0, 1.0)]
-    plain = generate.make_strip(panels)
-    assert plain.shape == (3, SIZE[0], 3 * SIZE[1] + 2 * 2)
-    assert torch.equal(plain[:, :, SIZE[1]:SIZE[1] + 2], torch.ones(3, SIZE[0], 2))  # white gap
-    big = generate.make_strip(panels, scale=3, labels=["source", "pose", "result"])
-    assert big.shape == (3, 14 + 3 * SIZE[0], 3 * 3 * SIZE[1] + 2 * 2)
-    assert torch.equal(big[:, 14:, :3 * SIZE[1]], torch.full((3, 3 * SIZE[0], 3 * SIZE[1]), -1.0))
-    assert (big[:, :14] < 0).any()  # some caption ink
+    panels = [np.full((*SIZE, 3), v, np.uint8) for v in (0, 128, 255)]
+    plain = visuals.make_strip(panels, gap=2)
+    assert plain.shape == (SIZE[0], 3 * SIZE[1] + 2 * 2, 3)
+    assert (plain[:, SIZE[1]:SIZE[1] + 2] == 255).all()  # white gap
+    big = visuals.make_strip(panels, gap=2, scale=3, labels=["source", "pose", "result"])
+    assert big.shape == (14 + 3 * SIZE[0], 3 * 3 * SIZE[1] + 2 * 2, 3)
+    assert (big[14:, :3 * SIZE[1]] == 0).all()
+    assert (big[:14] < 255).any()  # some caption ink
