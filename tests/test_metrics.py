@@ -172,6 +172,21 @@ def test_fid_of_identical_sets_is_zero_and_stats_are_cached(tmp_path, random_inc
     assert metrics.file_list_key(files_a[:1], "w1") != metrics.file_list_key(files_a, "w1")
 
 
+def test_inception_equals_pytorch_fid_class_with_same_weights(monkeypatch, random_inception):
+    from pytorch_fid import inception as pfi
+
+    # pytorch-fid's own constructor, handed our architecture instead of downloading its weights
+    monkeypatch.setattr(pfi, "fid_inception_v3", lambda: metrics._fid_inception_v3(None))
+    reference = pfi.InceptionV3([3]).eval()
+    assert [k for k in reference.state_dict()] == [k for k in random_inception.state_dict()]
+    reference.load_state_dict(random_inception.state_dict())
+    a, _ = _pairs(n=2, h=32, w=22)
+    x = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        want = reference(x)[0].flatten(1).double()
+    torch.testing.assert_close(metrics.inception_features(random_inception, a), want)
+
+
 def test_inception_real_path_names_missing_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsError, match="pt_inception-2015-12-05-6726825d.pth"):

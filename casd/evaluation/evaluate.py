@@ -1,26 +1,8 @@
-"""The evaluate stage: SSIM, PSNR, LPIPS and FID of the generated test pairs.
+"""The evaluate stage: scores of the generated test pairs -> metrics/eval.json, reports/, MLflow.
 
-Inputs: the test stage's pictures and manifest (``data/generated/``), the
-ground truth and sources (``data/resized/test/``), the real training images for
-FID (``data/resized/train/``). Outputs:
-
-- ``metrics/eval.json``  aggregates (DVC metrics)::
-
-      {"pairs": N, "ssim": .., "psnr": .., "lpips": .. | null, "fid": .. | null,
-       "baseline": {"ssim": .., "psnr": .., "lpips": .., "fid": ..},
-       "skipped": {"fid": "<why>"}}                      # only metrics that could not be computed
-
-  ``baseline``: the same scores for the trivial model that returns the source
-  image unchanged -- the floor a trained model has to beat.
-- ``reports/eval_pairs.csv``  one row per pair: ``from,to,file,ssim,psnr,lpips,``
-  ``baseline_ssim,baseline_psnr,baseline_lpips`` (skipped metrics: empty cells).
-- ``reports/index.html``  the static report (:mod:`casd.evaluation.report`).
-- the same numbers on the training run in MLflow (``eval/ssim``, ``eval/baseline/ssim``,
-  ...; the run id comes from ``metrics/mlflow_run.json``), with the report as artifact.
-
-A metric whose pretrained network cannot be loaded (no internet and no cached
-file) is *skipped*: ``null`` in the JSON, the reason under ``skipped``, never a
-number. The protocol of each metric: :mod:`casd.evaluation.metrics`.
+A metric whose pretrained network cannot be loaded is skipped: null in the JSON, the reason in the
+report, on stdout and in MLflow tags, never a number. ``baseline``: the same scores for a model that
+returns the source image unchanged.
 """
 
 from __future__ import annotations
@@ -38,9 +20,12 @@ import numpy as np
 import torch
 
 from casd.evaluation import metrics
+from casd.evaluation.report import build_report
 from casd.config import from_dict, load_params, resolve_device
 from casd.errors import ConfigError, DataError, WeightsError
 from casd.fileio import atomic_path, write_json
+from casd.inference import read_manifest
+from casd import weights
 
 METRICS = ("ssim", "psnr", "lpips", "fid")
 PER_PAIR = ("ssim", "psnr", "lpips")
@@ -114,8 +99,6 @@ def load_networks(config: EvaluateConfig, device: torch.device) -> Networks:
             nets.skipped["lpips"] = _short_reason(e)
     if "fid" in config.metrics:
         try:
-            from casd import weights
-
             path = weights.locate("inception-fid", None if config.inception_weights == "auto"
                                   else config.inception_weights)
             nets.inception = metrics.build_inception(path).to(device)
@@ -269,8 +252,6 @@ def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, netw
     they are loaded from the pretrained files, and a missing file skips its metric.
     Returns the content of ``metrics/eval.json``.
     """
-    from casd.inference import read_manifest
-
     paths = paths or EvaluatePaths()
     device = resolve_device(config.device)
     manifest = read_manifest(paths.generated)
@@ -291,9 +272,7 @@ def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, netw
     write_pairs_csv(paths.pairs_csv, pairs, per_pair)
     write_json(paths.metrics, result)
     if report:
-        from casd.evaluation.report import build_report
-
-        build_report(paths, config, manifest=manifest)
+        build_report(paths, result, read_pairs_csv(paths.pairs_csv), config, manifest=manifest)
     if track:
         try:
             run_id = log_to_mlflow(result, paths, params or {})

@@ -1,24 +1,7 @@
-"""The field's image metrics, batched: SSIM, PSNR, LPIPS and FID.
+"""The field's image metrics, batched: SSIM, PSNR, LPIPS (lpips package) and FID (pytorch-fid).
 
-Every metric follows the evaluation protocol of person-image synthesis
-papers (DeepFashion 256x176) and is checked in the tests against the package
-that defines it:
-
-- SSIM: ``skimage.metrics.structural_similarity(gaussian_weights=True,
-  sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)``
-  on uint8 images cast to float: scikit-image's own function, pair by pair
-  (faster on CPU than any batched float64 version measured, see :func:`ssim`).
-- PSNR: ``skimage.metrics.peak_signal_noise_ratio(data_range=255)``.
-- LPIPS: the ``lpips`` package's network (AlexNet trunk, v0.1 linear layers);
-  the AlexNet trunk is loaded from torchvision's cache through
-  :mod:`casd.weights` (never downloaded), the linear layers from the file that
-  ships inside the ``lpips`` package.
-- FID: pytorch-fid's ``InceptionV3`` pool3 features (2048-d) of images in
-  [0, 1], mean and covariance (``np.cov``, N-1) accumulated batch by batch,
-  and the Frechet distance of the two Gaussians.
-
-Images cross this module as uint8 arrays ``[B, H, W, 3]`` (numpy or torch),
-the way they are stored on disk.
+Images cross this module as uint8 ``[B, H, W, 3]`` arrays (numpy or torch), as stored on disk.
+Each metric is checked in tests/test_metrics.py against the package that defines it.
 """
 
 from __future__ import annotations
@@ -31,7 +14,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
-from unittest import mock
 
 import numpy as np
 import torch
@@ -205,43 +187,63 @@ def lpips_distance(net: torch.nn.Module, generated: np.ndarray | torch.Tensor,
 # FID
 
 
+def _fid_inception_v3(weights: dict | None) -> torch.nn.Module:
+    """The FID variant of torchvision's InceptionV3, as ``pytorch_fid.inception.fid_inception_v3`` builds it."""
+    from pytorch_fid import inception as pfi
+    from torchvision.models import inception_v3
+
+    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    if weights is not None:
+        net.load_state_dict(weights)
+    return net
+
+
+def _pool3_inception_class():
+    from pytorch_fid.inception import InceptionV3
+
+    class Pool3Inception(InceptionV3):
+        """pytorch-fid's ``InceptionV3`` (its forward, its block layout) up to pool3, built from given weights.
+
+        pytorch-fid's own constructor downloads the weights; this one takes them.
+        """
+
+        def __init__(self, weights: dict | None):
+            torch.nn.Module.__init__(self)
+            self.resize_input, self.normalize_input = True, True
+            self.output_blocks, self.last_needed_block = [3], 3
+            net = _fid_inception_v3(weights)
+            pool = torch.nn.MaxPool2d(kernel_size=3, stride=2)
+            self.blocks = torch.nn.ModuleList([
+                torch.nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, pool),
+                torch.nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, pool),
+                torch.nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b,
+                                    net.Mixed_6c, net.Mixed_6d, net.Mixed_6e),
+                torch.nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, torch.nn.AdaptiveAvgPool2d((1, 1))),
+            ])
+
+    return Pool3Inception
+
+
 def build_inception(weights: str | os.PathLike | dict | None = "auto") -> torch.nn.Module:
-    """pytorch-fid's ``InceptionV3`` returning pool3 features, with weights loaded offline.
+    """pytorch-fid's ``InceptionV3`` returning pool3 features, weights loaded offline.
 
     weights: ``"auto"`` (torch hub cache via :func:`casd.weights.locate`), a path, a state dict of
     the FID Inception (pt_inception-2015-12-05), or ``None`` for random weights (tests).
-    pytorch-fid would download the file on construction; here its builder is handed the
-    architecture with our weights instead, so the network is exactly pytorch-fid's.
     """
-    from pytorch_fid import inception as pfi
-
     from casd import weights as registry
 
     if weights is not None and not isinstance(weights, dict):
-        explicit = None if weights == "auto" else weights
-        weights = registry.load_state_dict("inception-fid", explicit)
-
-    def architecture() -> torch.nn.Module:
-        # the FID variant of torchvision's InceptionV3, as pytorch_fid.inception.fid_inception_v3 builds it
-        from torchvision.models import inception_v3
-
-        net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-        net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-        net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-        net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-        net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-        net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-        net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-        net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-        net.Mixed_7b = pfi.FIDInceptionE_1(1280)
-        net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-        if weights is not None:
-            net.load_state_dict(weights)
-        return net
-
-    with mock.patch.object(pfi, "fid_inception_v3", architecture):
-        model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]])
-    return model.eval().requires_grad_(False)
+        weights = registry.load_state_dict("inception-fid", None if weights == "auto" else weights)
+    return _pool3_inception_class()(weights).eval().requires_grad_(False)
 
 
 @torch.no_grad()

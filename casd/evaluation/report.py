@@ -1,17 +1,8 @@
-"""The static evaluation report: ``reports/index.html``, one self-contained file.
+"""The static evaluation report ``reports/index.html``: one self-contained file (base64 PNGs, inline SVG).
 
-Opens from disk in any browser, without a server: pictures are embedded as
-base64 PNG, loss curves as inline SVG (no plotting library). Sections:
-
-- ``#metrics``   the metrics table -- model, copy-the-source baseline, the paper's
-                 figures -- with every number exactly as in ``metrics/eval.json``
-                 (each cell carries it in ``data-value``); skipped metrics with
-                 the reason;
-- ``#losses``    training curves from the train stage's ``metrics/train_loss.csv``;
-- ``#best``, ``#worst``  the pairs with the lowest / highest LPIPS (SSIM when
-                 LPIPS was skipped): source | generated | ground truth;
-- ``#samples``   a grid of the test stage's strips (source | target pose |
-                 generated | ground truth).
+Sections: ``#metrics`` (every number as in metrics/eval.json, in ``data-value``), ``#losses``,
+``#best`` / ``#worst`` pairs, ``#samples`` (the test stage's strips). It is built from data the
+evaluate stage hands over; it reads only pictures and the loss CSV.
 """
 
 from __future__ import annotations
@@ -28,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from casd.evaluation.metrics import read_rgb
 from casd.fileio import write_text
 
 # Published CASD figures, DeepFashion 256x176 (reference README, section 5).
@@ -144,8 +136,6 @@ def loss_curves(loss_csv: Path) -> str:
 
 
 def _pair_picture(paths, source: str, target: str, file: str) -> np.ndarray:
-    from casd.evaluation.metrics import read_rgb
-
     panels = [read_rgb(paths.test_images / source), read_rgb(paths.generated / file), read_rgb(paths.test_images / target)]
     return np.concatenate(panels, axis=1)
 
@@ -177,8 +167,6 @@ def sample_grid(strips_dir: Path, names: Sequence[str], count: int) -> tuple[str
     files = [strips_dir / n for n in names if (strips_dir / n).is_file()][:count]
     if not files:
         return f'<p class="note">no strips in {html.escape(str(strips_dir))} (test.strips: 0?)</p>', 0
-    from casd.evaluation.metrics import read_rgb
-
     strips = [read_rgb(f) for f in files]
     width = max(s.shape[1] for s in strips)
     strips = [np.pad(s, ((0, 2), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
@@ -187,16 +175,14 @@ def sample_grid(strips_dir: Path, names: Sequence[str], count: int) -> tuple[str
             f'<div id="sample-grid" data-strips="{len(files)}">{_img(grid, "sample grid", 2)}</div>'), len(files)
 
 
-def build_report(paths, config=None, manifest: Mapping[str, Any] | None = None) -> Path:
-    """Write ``paths.report`` from ``paths.metrics`` (eval.json), ``paths.pairs_csv``, the loss CSV and strips.
+def build_report(paths, result: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], config=None,
+                 manifest: Mapping[str, Any] | None = None) -> Path:
+    """Write ``paths.report``.
 
-    ``paths``: :class:`casd.evaluation.evaluate.EvaluatePaths`; ``config``: its
-    :class:`~casd.evaluation.evaluate.EvaluateConfig` (how many pairs / strips to show).
+    paths: an ``EvaluatePaths`` (pictures, strips, loss CSV, report); result: the content of
+    metrics/eval.json; rows: one mapping per pair (``from``, ``to``, ``file`` and its scores);
+    config: an ``EvaluateConfig`` (how many pairs / strips to show).
     """
-    from casd.evaluation.evaluate import read_pairs_csv
-
-    result = json.loads(Path(paths.metrics).read_text(encoding="utf-8"))
-    rows = read_pairs_csv(paths.pairs_csv)
     show_pairs = getattr(config, "report_pairs", 5)
     show_strips = getattr(config, "report_strips", 8)
     metric, best, worst = ranked_pairs(rows, show_pairs)
