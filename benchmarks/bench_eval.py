@@ -8,7 +8,7 @@ Measures:
 - test stage: generator pairs/s, batch-1 loop (upstream's test loop: one
   ``netG(pose, image, parsing)`` call per pair) vs this project's batched
   path (plain batched calls with the norm's statistics per sample, which gives
-  the same pictures as batch-1 calls; and the ``torch.func.vmap`` fallback); the reference figure is
+  the same pictures as batch-1 calls); the reference figure is
   1.31 s per pair for upstream's generator at 256x176 on a 2-core CPU;
 - FID: Inception pool3 feature extraction, images/s, batch 1 vs batched
   (random weights: the cost does not depend on their values);
@@ -59,15 +59,13 @@ def generator_inputs(n: int, size: tuple[int, int], seed: int = 0):
 
 @torch.no_grad()
 def bench_generation(n: int, size: tuple[int, int], model: str, batch: int, device: torch.device) -> dict:
-    from casd.generate import decode_per_sample
-    from casd.inference import per_sample_statistics
     from casd.models.generator import Generator, GeneratorConfig
 
     config = GeneratorConfig(vgg_weights="none") if model == "upstream" else GeneratorConfig(
         pose_width=16, style_width=16, width=64, mlp_width=64, adain_blocks=2, modulated_blocks=2, vgg_weights="none")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        generator = Generator(config).to(device).eval()
+        generator = Generator(config).to(device).eval().set_modulated_norm("sample")  # as the test stage
     pose, image, parsing = (t.to(device) for t in generator_inputs(n, size))
 
     def one_at_a_time():
@@ -75,26 +73,18 @@ def bench_generation(n: int, size: tuple[int, int], model: str, batch: int, devi
             generator(pose[i:i + 1], image[i:i + 1], parsing[i:i + 1])
 
     def batched():  # the test stage's path: per-sample norm statistics, plain batched calls
-        with per_sample_statistics(generator):
-            for s in range(0, n, batch):
-                generator(pose[s:s + batch], image[s:s + batch], parsing[s:s + batch])
-
-    def vmapped():  # the fallback for generators without the per-sample switch
         for s in range(0, n, batch):
-            tokens = generator.encode_style(image[s:s + batch], parsing[s:s + batch])
-            decode_per_sample(generator, pose[s:s + batch], tokens)
+            generator(pose[s:s + batch], image[s:s + batch], parsing[s:s + batch])
 
     # same pictures either way (the decoder's statistics stay per sample)
     single = torch.cat([generator(pose[i:i + 1], image[i:i + 1], parsing[i:i + 1])[0] for i in range(min(n, batch))])
-    with per_sample_statistics(generator):
-        together = generator(pose[:batch], image[:batch], parsing[:batch])[0]
+    together = generator(pose[:batch], image[:batch], parsing[:batch])[0]
     max_diff = float((single - together).abs().max())
-    t1, tb, tv = timed(one_at_a_time), timed(batched), timed(vmapped)
+    t1, tb = timed(one_at_a_time), timed(batched)
     return {"model": model, "size": list(size), "pairs": n, "batch": batch, "device": str(device),
             "params_M": round(sum(p.numel() for p in generator.parameters()) / 1e6, 2),
             "batch1_s_per_pair": t1 / n, "batch1_pairs_per_s": n / t1,
             "batched_s_per_pair": tb / n, "batched_pairs_per_s": n / tb, "speedup": t1 / tb,
-            "vmap_pairs_per_s": n / tv,
             "max_abs_diff_batched_vs_batch1": max_diff}
 
 
@@ -124,7 +114,7 @@ def bench_pair_metrics(n: int, size: tuple[int, int], batch: int, device: torch.
 
     def ssim_metric():  # scikit-image's function per pair (see casd.evaluation.metrics.ssim for why)
         for s in range(0, n, batch):
-            metrics.ssim(a[s:s + batch], b[s:s + batch], device)
+            metrics.ssim(a[s:s + batch], b[s:s + batch])
 
     with metrics._quiet_torchvision():
         net = lpips.LPIPS(pretrained=False, pnet_rand=True, net="alex", verbose=False).eval().to(device)

@@ -20,17 +20,32 @@ def _pairs(n=3, h=40, w=28, seed=0):
     return a, b
 
 
-def test_ssim_equals_scikit_image():
+def _skimage_ssim(x, y, data_range):
     from skimage.metrics import structural_similarity
 
+    return structural_similarity(x.astype(float), y.astype(float), gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, data_range=data_range, channel_axis=-1)
+
+
+def test_ssim_is_the_fields_with_the_generated_images_range():
     a, b = _pairs()
+    a[1] = 40 + a[1] // 4  # a generated image spanning 40..103, not 0..255
+    assert a[1].max() - a[1].min() < 100
     ours = metrics.ssim(a, b).numpy()
-    ref = [structural_similarity(x.astype(float), y.astype(float), gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, data_range=255, channel_axis=-1)
-           for x, y in zip(a, b)]
+    ref = [_skimage_ssim(x, y, float(x.max()) - float(x.min())) for x, y in zip(a, b)]
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
     assert len(set(np.round(ours, 6))) == len(ours)  # the pairs really differ
     np.testing.assert_allclose(metrics.ssim(a, a).numpy(), 1.0)
+    # the range is the generated image's, not the ground truth's: the arguments do not commute
+    assert metrics.ssim(b[1:2], a[1:2]).item() != pytest.approx(ours[1], rel=1e-3)
+
+
+def test_ssim_fixed_range_is_a_separate_number():
+    a, b = _pairs()
+    a[1] = 40 + a[1] // 4
+    fixed = metrics.ssim(a, b, data_range=255).numpy()
+    np.testing.assert_allclose(fixed, [_skimage_ssim(x, y, 255) for x, y in zip(a, b)], rtol=1e-10, atol=1e-12)
+    assert fixed[1] != pytest.approx(metrics.ssim(a, b).numpy()[1], rel=1e-3)
 
 
 def test_ssim_refuses_images_smaller_than_window():

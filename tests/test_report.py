@@ -112,14 +112,19 @@ def test_scores_equal_the_packages_and_the_report_shows_them(stage, random_netwo
         truth = np.asarray(Image.open(paths.test_images / row["to"]).convert("RGB"))
         source = np.asarray(Image.open(paths.test_images / row["from"]).convert("RGB"))
         ssim = structural_similarity(gen.astype(float), truth.astype(float), gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=255, channel_axis=-1)
+                                     use_sample_covariance=False, data_range=float(gen.max()) - gen.min(),
+                                     channel_axis=-1)
         assert row["ssim"] == pytest.approx(ssim, rel=1e-9)
+        fixed = structural_similarity(gen.astype(float), truth.astype(float), gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=255, channel_axis=-1)
+        assert row["ssim_fixed_range"] == pytest.approx(fixed, rel=1e-9)
         assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(truth, gen, data_range=255), rel=1e-9)
         with torch.no_grad():
             ref = random_networks.lpips(lpips_package.im2tensor(gen), lpips_package.im2tensor(truth)).item()
         assert row["lpips"] == pytest.approx(ref, rel=1e-4)
         base = structural_similarity(source.astype(float), truth.astype(float), gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=255, channel_axis=-1)
+                                     use_sample_covariance=False, data_range=float(source.max()) - source.min(),
+                                     channel_axis=-1)
         assert row["baseline_ssim"] == pytest.approx(base, rel=1e-9)
 
     # aggregates: means of the CSV; FID finite; the noisier pairs score worse
@@ -178,8 +183,8 @@ def test_missing_weights_skip_metrics_and_never_produce_numbers(stage, tmp_path,
 def test_metrics_left_out_by_config_are_skipped(stage):
     paths, _ = stage
     result = evaluate.evaluate(_config(metrics=("ssim",), baseline=False), paths, track=False)
-    assert result["psnr"] is None and result["lpips"] is None and result["fid"] is None and "baseline" not in result
-    assert result["skipped"] == {"psnr": "not in evaluate.metrics", "lpips": "not in evaluate.metrics",
+    assert result["ssim_fixed_range"] is None and result["psnr"] is None and result["lpips"] is None and result["fid"] is None and "baseline" not in result
+    assert result["skipped"] == {"ssim_fixed_range": "not in evaluate.metrics", "psnr": "not in evaluate.metrics", "lpips": "not in evaluate.metrics",
                                  "fid": "not in evaluate.metrics"}
 
 

@@ -27,9 +27,8 @@ from casd.fileio import atomic_path, write_json
 from casd.inference import read_manifest
 from casd import weights
 
-METRICS = ("ssim", "psnr", "lpips", "fid")
-PER_PAIR = ("ssim", "psnr", "lpips")
-LOWER_IS_BETTER = {"lpips": True, "fid": True, "ssim": False, "psnr": False}
+METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid")
+PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips")
 
 
 @dataclass
@@ -155,7 +154,9 @@ def score_pairs(pairs: Sequence[Sequence[str]], paths: EvaluatePaths, config: Ev
             prefix = "" if kind == "model" else "baseline_"
             scores = {}
             if "ssim" in config.metrics:
-                scores["ssim"] = metrics.ssim(images, truth, device)
+                scores["ssim"] = metrics.ssim(images, truth)
+            if "ssim_fixed_range" in config.metrics:
+                scores["ssim_fixed_range"] = metrics.ssim(images, truth, data_range=metrics.DATA_RANGE)
             if "psnr" in config.metrics:
                 scores["psnr"] = metrics.psnr(images, truth, device)
             if nets.lpips is not None and "lpips" in config.metrics:

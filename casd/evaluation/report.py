@@ -25,7 +25,8 @@ from casd.fileio import write_text
 # Published CASD figures, DeepFashion 256x176 (reference README, section 5).
 PAPER = {"fid": 11.37, "ssim": 0.725, "lpips": 0.194}
 METRIC_INFO = {  # name -> (label, better)
-    "ssim": ("SSIM", "higher"),
+    "ssim": ("SSIM (field: data range of each generated image)", "higher"),
+    "ssim_fixed_range": ("SSIM, fixed data range 255", "higher"),
     "psnr": ("PSNR (dB)", "higher"),
     "lpips": ("LPIPS (AlexNet v0.1)", "lower"),
     "fid": ("FID (Inception pool3, vs training images)", "lower"),
