@@ -16,10 +16,13 @@ needs are computed in ONE pass per image (content, style and CX read the raw
 [-1, 1] input, as upstream; the perceptual term its own ImageNet-normalised
 shallow pass), and the target's pass runs without autograd.
 
-Differences from upstream, on purpose: the CX term uses torchvision's VGG19
-(the same file as everything else) instead of upstream's ``vgg_conv.pth``;
-the CX distances are computed for the whole batch at once (one batched matrix
-product instead of one conv per sample; same values).
+The CX term reads upstream's own VGG19 (``vgg_conv.pth``) when
+``loss.cx_vgg_weights`` names it, otherwise the shared torchvision VGG19
+(:attr:`Objective.cx_backbone` says which, for the run's tags). The CX
+distances are computed for the whole batch at once (one batched matrix product
+instead of upstream's one conv per sample; same values).
+
+:class:`Objective` weights and sums the terms for one training step.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from torch import nn
 from casd.errors import ConfigError
 from casd.models.vgg import NO_WEIGHTS, VGG19_INDEX, VGG19Features, imagenet_normalize
 
-TERMS = ("l1", "perceptual", "gan", "cx", "amce", "lpips", "content", "style")
+TERMS = ("l1", "perceptual", "gan", "cx", "amce", "lpips", "content", "style")  # the generator's terms
+DISCRIMINATOR_TERMS = ("d_pb", "d_pp")
 CONTENT_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 STYLE_LAYERS = ("relu2_2", "relu3_4", "relu4_4", "relu5_2")
 
@@ -55,6 +59,7 @@ class LossConfig:
     cx_layers: tuple[str, ...] = ("relu3_2", "relu4_2")
     cx_sigma: float = 0.5
     vgg_weights: str = "torchvision"               # VGG19 of perceptual/content/style/CX: path | torchvision | none
+    cx_vgg_weights: str = "none"                   # upstream's vgg_conv.pth for CX only: path | none (= vgg_weights)
     lpips_weights: str = "torchvision"             # LPIPS VGG16 trunk + linear layers: folder | torchvision | none
 
     def __post_init__(self):
@@ -68,7 +73,7 @@ class LossConfig:
         for layer in (self.perceptual_layer, *self.cx_layers):
             if layer not in VGG19_INDEX or not layer.startswith("relu"):
                 raise ConfigError(f"loss: unknown VGG19 ReLU layer {layer!r} (e.g. relu3_2)")
-        for name in ("vgg_weights", "lpips_weights"):
+        for name in ("vgg_weights", "cx_vgg_weights", "lpips_weights"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"loss.{name}: expected a path, 'torchvision' or 'none'")
 
@@ -88,9 +93,12 @@ class VGGFeatureBank(nn.Module):
     terms called one after another on one training step share the passes.
     """
 
-    def __init__(self, weights: str = "torchvision", last_layer: str = "relu5_2", *, load: bool = True):
+    def __init__(self, weights: str = "torchvision", last_layer: str = "relu5_2", *, load: bool = True,
+                 layout: str = "torchvision"):
         super().__init__()
-        self.vgg = VGG19Features(last_layer, weights, load=load, purpose="loss.vgg_weights")
+        purpose = "loss.cx_vgg_weights" if layout == "upstream" else "loss.vgg_weights"
+        self.vgg = VGG19Features(last_layer, weights, load=load, purpose=purpose, layout=layout)
+        self.layout, self.weights = layout, weights
         self.layers: dict[bool, set[str]] = {False: set(), True: set()}
         self._cache: tuple | None = None
 
@@ -290,18 +298,25 @@ def build_losses(config: LossConfig | None = None, *, load_weights: bool = True)
     """
     cfg = config or LossConfig()
     active = [t for t in TERMS if getattr(cfg, t) != 0]
-    vgg_terms = {"perceptual": [cfg.perceptual_layer], "cx": list(cfg.cx_layers), "content": list(CONTENT_LAYERS),
-                 "style": list(STYLE_LAYERS)}
+    upstream_cx = "cx" in active and cfg.cx_vgg_weights.lower() not in NO_WEIGHTS
+    vgg_terms = {"perceptual": [cfg.perceptual_layer], "content": list(CONTENT_LAYERS), "style": list(STYLE_LAYERS)}
+    if not upstream_cx:
+        vgg_terms["cx"] = list(cfg.cx_layers)
     needed = [layer for t in active if t in vgg_terms for layer in vgg_terms[t]]
     bank = None
     if needed:
         last = max(needed, key=VGG19_INDEX.__getitem__)
         bank = VGGFeatureBank(cfg.vgg_weights, last, load=load_weights)
+    if upstream_cx:  # upstream's own VGG19 for CX alone, on the raw [-1, 1] image like upstream
+        cx_bank = VGGFeatureBank(cfg.cx_vgg_weights, max(cfg.cx_layers, key=VGG19_INDEX.__getitem__),
+                                 load=load_weights, layout="upstream")
+    else:
+        cx_bank = bank
     makers = {
         "l1": lambda: L1Loss(),
         "perceptual": lambda: PerceptualL1Loss(bank, cfg.perceptual_layer),
         "gan": lambda: LSGANLoss(),
-        "cx": lambda: ContextualLoss(bank, cfg.cx_layers, cfg.cx_sigma),
+        "cx": lambda: ContextualLoss(cx_bank, cfg.cx_layers, cfg.cx_sigma),
         "amce": lambda: AttentionCrossEntropyLoss(),
         "lpips": lambda: LPIPSLoss(cfg.lpips_weights, load=load_weights),
         "content": lambda: VGGContentLoss(bank),
@@ -320,3 +335,70 @@ def random_backbones(terms: dict[str, nn.Module]) -> list[str]:
         if pretrained is False:
             out.append(name)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the objective of one training step
+# ---------------------------------------------------------------------------------------------------------------
+
+class Objective(nn.Module):
+    """CASD's losses, weighted by params.yaml ``loss:``; a term of weight 0 is neither built nor computed.
+
+    ``generator_terms`` and ``discriminator_terms`` return {term: weighted float32 scalar}; the generator
+    minimises the sum of its terms, the discriminators the sum of theirs. ``batch`` is a
+    :class:`casd.data.dataset.PairBatch` with ``target_pose`` rendered.
+    """
+
+    def __init__(self, loss_config: LossConfig, *, load_weights: bool = True):
+        super().__init__()
+        self.config = loss_config
+        self.weights = {name: float(getattr(loss_config, name)) for name in TERMS}
+        self.active = tuple(name for name in TERMS if self.weights[name] != 0)
+        self.terms = build_losses(loss_config, load_weights=load_weights)  # {term: module}, non-zero weights only
+        for name, module in self.terms.items():
+            self.add_module(f"term_{name}", module)
+
+    @property
+    def cx_backbone(self) -> str | None:
+        """Which VGG19 the CX term reads (for the run's tags); None when CX is off."""
+        if "cx" not in self.terms:
+            return None
+        bank = self.terms["cx"].bank
+        if bank.layout == "upstream":
+            kind = f"upstream vgg_conv.pth ({bank.weights})"
+        else:
+            kind = f"torchvision VGG19 (loss.vgg_weights: {bank.weights})"
+        return kind if bank.pretrained else f"{kind}, random weights"
+
+    def generator_terms(self, fake: torch.Tensor, attention: list[torch.Tensor], batch,
+                        d_pb: nn.Module, d_pp: nn.Module) -> dict[str, torch.Tensor]:
+        """fake [B,3,H,W], attention 2 x [B,8,H/4,W/4]; d_pb / d_pp frozen for this step."""
+        terms = {}
+        for name in self.active:
+            if name == "gan":
+                value = 0.5 * (self.terms["gan"](d_pb(torch.cat([fake, batch.target_pose], 1)), True)
+                               + self.terms["gan"](d_pp(torch.cat([fake, batch.source], 1)), True))
+            elif name == "amce":
+                value = self.terms["amce"](attention, batch.target_parsing)
+            else:
+                value = self.terms[name](fake, batch.target)
+            terms[name] = self.weights[name] * value.float()
+        return terms
+
+    def discriminator_terms(self, fake: torch.Tensor, batch, d_pb: nn.Module,
+                            d_pp: nn.Module) -> dict[str, torch.Tensor]:
+        """LSGAN on real (target) vs generated (detached), for D_PB (image, pose) and D_PP (image, source).
+
+        Real and fake go through each discriminator as one batch (instance norm is per sample, so this
+        equals two passes): one forward per DDP module and step.
+        """
+        if self.weights["gan"] == 0:
+            return {}
+        fake = fake.detach()
+        n = fake.shape[0]
+        gan = self.terms["gan"]
+        terms = {}
+        for name, net, condition in (("d_pb", d_pb, batch.target_pose), ("d_pp", d_pp, batch.source)):
+            both = net(torch.cat([torch.cat([batch.target, condition], 1), torch.cat([fake, condition], 1)], 0))
+            terms[name] = self.weights["gan"] * 0.5 * (gan(both[:n], True) + gan(both[n:], False)).float()
+        return terms

@@ -162,3 +162,60 @@ def test_missing_weights_name_the_file(tmp_path):
         build_losses(LossConfig(vgg_weights=str(tmp_path / "vgg19-dcbb9e9d.pth"), lpips=0))
     with pytest.raises(WeightsError, match="vgg16-397923af.pth"):
         quiet(LPIPSLoss, str(tmp_path))
+
+
+def _upstream_vgg_conv(seed: int = 5) -> dict[str, torch.Tensor]:
+    """A random state dict in upstream's vgg_conv.pth layout (its VGG class: conv1_1.weight ... conv5_4.bias)."""
+    g = torch.Generator().manual_seed(seed)
+    widths = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+    counts = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}
+    state, cin = {}, 3
+    for block in range(1, 6):
+        for i in range(1, counts[block] + 1):
+            cout = widths[block]
+            state[f"conv{block}_{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.05
+            state[f"conv{block}_{i}.bias"] = torch.randn(cout, generator=g) * 0.05
+            cin = cout
+    return state
+
+
+def _upstream_relu(state: dict, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Upstream VGG.forward (max pools) up to ``layer`` (e.g. "relu4_2"), written out from its key names."""
+    order = [(b, i) for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)]
+    for b, i in order:
+        if i == 1 and b > 1:
+            x = F.max_pool2d(x, 2, 2)
+        x = F.relu(F.conv2d(x, state[f"conv{b}_{i}.weight"], state[f"conv{b}_{i}.bias"], padding=1))
+        if layer == f"relu{b}_{i}":
+            return x
+    raise ValueError(layer)
+
+
+def test_cx_reads_upstreams_vgg_conv_layout(tmp_path, images):
+    """loss.cx_vgg_weights: CX gets its own VGG19 from upstream's key layout, on the raw [-1, 1] image."""
+    from casd.losses import Objective
+
+    upstream = _upstream_vgg_conv()
+    path = tmp_path / "vgg_conv.pth"
+    torch.save(upstream, path)
+    cfg = LossConfig(cx_vgg_weights=str(path), vgg_weights="none", lpips=0)
+    terms = quiet(build_losses, cfg)
+    cx_bank = terms["cx"].bank
+    assert cx_bank is not terms["content"].bank and cx_bank.pretrained and cx_bank.layout == "upstream"
+    fake, target = images
+    expected = sum(contextual_loss(_upstream_relu(upstream, target, n), _upstream_relu(upstream, fake, n))
+                   for n in ("relu3_2", "relu4_2"))
+    torch.testing.assert_close(terms["cx"](fake, target), expected, rtol=1e-4, atol=1e-5)
+    objective = quiet(Objective, cfg)
+    assert objective.cx_backbone.startswith("upstream vgg_conv.pth") and "cx" not in random_backbones(terms)
+    default = quiet(Objective, LossConfig(vgg_weights="none", lpips=0))
+    assert default.cx_backbone == "torchvision VGG19 (loss.vgg_weights: none), random weights"
+
+
+def test_cx_vgg_weights_of_another_layout_are_refused(tmp_path):
+    path = tmp_path / "vgg_conv.pth"
+    torch.save({k.replace("conv", "layer"): v for k, v in _upstream_vgg_conv().items()}, path)
+    with pytest.raises(WeightsError, match=r"vgg_conv.pth.*layout.*conv1_1.weight"):
+        quiet(build_losses, LossConfig(cx_vgg_weights=str(path), vgg_weights="none", lpips=0))
+    with pytest.raises(WeightsError, match="vgg_conv.pth"):
+        quiet(build_losses, LossConfig(cx_vgg_weights=str(tmp_path / "missing"), vgg_weights="none", lpips=0))

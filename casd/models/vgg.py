@@ -12,6 +12,10 @@ Weights come from a *spec* string, the value of ``model.vgg_weights`` /
 - ``none``: random frozen features (``warnings.warn``; for demos and tests:
   :attr:`VGG19Features.pretrained` is then False so training can record it).
 
+``layout="upstream"`` reads upstream CASD's ``vgg_conv.pth`` instead (the CX
+loss's VGG19, keys ``conv1_1.weight`` ... ``conv5_4.bias``; same topology as
+torchvision's, other weights).
+
 A missing file is a :class:`casd.errors.WeightsError` naming the file, where it
 was looked for and how to get it (never a download).
 """
@@ -24,7 +28,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from casd.errors import ConfigError
+from casd.errors import ConfigError, WeightsError
 
 # torchvision vgg19().features, index -> name ("conv3_2", "relu3_2", "pool3"...)
 VGG19_LAYERS: tuple[str, ...] = (
@@ -78,6 +82,25 @@ def load_vgg19_features(spec: str, purpose: str) -> dict[str, torch.Tensor] | No
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):][0].isdigit()}
 
 
+def load_upstream_vgg_conv(spec: str, purpose: str) -> dict[str, torch.Tensor]:
+    """Upstream's ``vgg_conv.pth`` (a file, or a folder holding it) -> torchvision-index state dict."""
+    from casd import weights
+
+    path = weights.locate("vgg-conv-cx", spec)
+    return upstream_vgg_conv_state(weights.load_state_dict("vgg-conv-cx", path), f"{path} ({purpose})")
+
+
+def upstream_vgg_conv_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``{"conv3_2.weight": ...}`` (upstream's VGG class) -> ``{"12.weight": ...}`` (torchvision ``features``)."""
+    convs = [name for name in VGG19_LAYERS if name.startswith("conv")]
+    wanted = [f"{name}.{field}" for name in convs for field in ("weight", "bias")]
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise WeightsError(f"{source}: not upstream's vgg_conv.pth layout (keys conv1_1.weight ... conv5_4.bias); "
+                           f"missing {len(missing)} key(s), e.g. {', '.join(missing[:3])}")
+    return {f"{VGG19_INDEX[key.split('.')[0]]}.{key.split('.')[1]}": state[key] for key in wanted}
+
+
 class VGG19Features(nn.Module):
     """Frozen VGG19 ``features`` up to ``last_layer``; ``forward(x, layers)`` taps named layers.
 
@@ -92,7 +115,7 @@ class VGG19Features(nn.Module):
     """
 
     def __init__(self, last_layer: str = "relu5_4", weights: str = "torchvision", *, load: bool = True,
-                 purpose: str = "vgg_weights"):
+                 purpose: str = "vgg_weights", layout: str = "torchvision"):
         super().__init__()
         if last_layer not in VGG19_INDEX:
             raise ConfigError(f"unknown VGG19 layer {last_layer!r}; known: {', '.join(VGG19_LAYERS)}")
@@ -100,7 +123,8 @@ class VGG19Features(nn.Module):
         self.layers = _vgg19_layers(self.last_index + 1)
         self.pretrained = False
         if load:
-            state = load_vgg19_features(weights, purpose)
+            state = (load_upstream_vgg_conv(weights, purpose) if layout == "upstream"
+                     else load_vgg19_features(weights, purpose))
             if state is not None:
                 own = self.layers.state_dict()
                 self.layers.load_state_dict({k: state[k] for k in own})
