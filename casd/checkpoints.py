@@ -1,28 +1,46 @@
-"""Checkpoint files: atomic save / safe load, and import of upstream CASD generators.
+"""Generator files: atomic save / safe load, the upstream name table, and THE loader of any generator file.
 
 - :func:`save_checkpoint` / :func:`load_checkpoint`: any object of tensors,
-  numbers, strings, lists and dicts; written atomically (temp file + rename),
-  read with ``torch.load(weights_only=True)`` so that a checkpoint cannot run
-  code. (Resume logic is built on these by the training module.)
-- :func:`load_upstream_generator`: upstream ``latest_net_netG.pth`` ->
-  :class:`casd.models.Generator`, through the explicit name table
-  :func:`upstream_names` (own name -> upstream name). Every missing,
-  unexpected or mis-shaped key is reported in one error.
+  numbers, strings, lists and dicts; written atomically, read with
+  ``torch.load(weights_only=True)`` so that a file can never run code.
+- :func:`load_generator`: a project ``models/generator.pt``, a training state
+  ``checkpoints/*.pt`` or upstream's ``latest_net_netG.pth`` -> a
+  :class:`LoadedGenerator` (the network, its config, the data settings stored
+  with it). Everything that runs a generator from a file goes through it.
+- :func:`import_upstream` (``casd import-checkpoint``): upstream weights ->
+  a project ``casd-generator`` file, through the explicit name table
+  :func:`upstream_names`; every missing, unexpected or mis-shaped key is
+  reported in one error.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import io
 import os
 import pickle
+import pickletools
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from casd.errors import CasdError, DataError
+from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import atomic_path
+from casd.models.discriminator import Discriminator
 from casd.models.generator import Generator, GeneratorConfig
 from casd.models.vgg import VGG19_INDEX, _vgg19_layers
+from casd.weights import sha256
+
+GENERATOR_FORMATS = ("casd-generator", "casd-train")  # models/generator.pt (and imported files), checkpoints/*.pt
+UPSTREAM_IMAGE_SIZE = (256, 176)  # the DeepFashion benchmark frame upstream's released weights are used at
+# Model fields that do not change the tensors a checkpoint holds (its VGG weights travel inside it; the norm's
+# statistics are chosen at run time).
+CONFIG_FIELDS_NOT_IN_WEIGHTS = ("vgg_weights", "modulated_norm")
+POSE_MODES = ("onehot", "gaussian")
 
 
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
@@ -34,17 +52,64 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or code-carrying file -> DataError."""
+    """Load a file with ``weights_only=True``; missing, empty, corrupt or code-carrying -> DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, "the checkpoint file is empty")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise DataError(path, f"refused: not a plain tensor checkpoint (weights_only load failed: {first})") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DataError(path, f"cannot read checkpoint: {e}") from e
+        globals_ = [g for g in _pickled_globals(path) if not g.startswith(_TENSOR_GLOBALS)]
+        if globals_:
+            raise DataError(path, f"refused: it holds a Python object ({globals_[0]}), not only tensors; files are "
+                                  f"loaded with weights_only=True and never run code (save the model's state_dict() "
+                                  f"instead)") from None
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        reason = found.group(1).strip() if found else type(e).__name__
+        raise DataError(path, f"refused: not a plain tensor file ({reason})") from None
+    except (KeyError, EOFError) as e:  # the legacy unpickler on a file that is not a pickle (a text file, say)
+        raise DataError(path, f"not a PyTorch checkpoint (unpickling failed: {type(e).__name__} {e})") from None
+    except (RuntimeError, OSError, ValueError) as e:
+        raise DataError(path, f"cannot read checkpoint: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                        ) from None
+
+
+# globals torch's weights-only unpickler allows by design (tensor rebuilding)
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.bytearray")
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """Names of the Python objects (GLOBAL / STACK_GLOBAL) a pickle refers to, read without unpickling."""
+    try:
+        data = path.read_bytes()
+        if zipfile.is_zipfile(io.BytesIO(data)):  # torch's zip format: the pickle is <archive>/data.pkl
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        names, strings, memo, top = [], [], {}, None
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif "UNICODE" in op.name or "STRING" in op.name:
+                top = str(arg)
+                strings.append(top)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = top
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = top
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                top = memo.get(arg)
+                strings.append(top)
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            if op.name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
+                    and not ("UNICODE" in op.name or "STRING" in op.name):
+                top = None
+        return names
+    except Exception:  # a damaged pickle: nothing more to say than torch did
+        return []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,48 +216,66 @@ def upstream_unused(config: GeneratorConfig | None = None) -> dict[str, tuple[in
     return unused
 
 
+
+
 class CheckpointMismatch(CasdError):
     """An upstream state dict that does not fit the generator (all problems listed at once)."""
 
 
-def _as_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    if isinstance(source, Mapping):
-        state, where = dict(source), "state dict"
-    else:
-        state, where = load_checkpoint(source), str(source)
-        if not isinstance(state, Mapping):
-            raise DataError(where, f"expected a state dict (mapping of tensors), got {type(state).__name__}")
-        state = dict(state)
-    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+def bare_state_dict(obj: Any, where: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A loaded state dict -> {key: tensor}, DataParallel's ``module.`` prefix removed; anything else -> DataError."""
+    if not isinstance(obj, Mapping):
+        raise DataError(where, f"expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
-        raise DataError(where, f"not a generator state dict: non-tensor entries {', '.join(not_tensors[:5])}")
+        raise DataError(where, f"not a bare state dict: non-tensor entries {', '.join(not_tensors[:4])}"
+                               f"{' ...' if len(not_tensors) > 4 else ''}")
+    state = dict(obj)
     if state and all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
-    return state, where
+    return state
+
+
+def load_upstream_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an upstream ``.pth`` (``weights_only=True``) -> {key: tensor}."""
+    return bare_state_dict(load_checkpoint(path), path)
 
 
 def convert_upstream_state_dict(state: Mapping[str, torch.Tensor], config: GeneratorConfig | None = None,
-                                where: str = "state dict") -> dict[str, torch.Tensor]:
+                                where: str | os.PathLike = "state dict") -> dict[str, torch.Tensor]:
     """Upstream ``ADGen`` state dict -> own state dict; one :class:`CheckpointMismatch` lists every problem."""
     cfg = config or GeneratorConfig()
     names = upstream_names(cfg)
     unused = upstream_unused(cfg)
-    expected = {up: tuple(t.shape) for own, t in _reference_shapes(cfg).items() for up in [names[own]]}
+    expected = {names[own]: tuple(t.shape) for own, t in _reference_shapes(cfg).items()}
+    problem = _key_problems(state, expected, unused)
+    if problem:
+        raise CheckpointMismatch(f"{where}: does not match the CASD generator ({_config_text(cfg)}): {problem}")
+    return {own: state[up] for own, up in names.items()}
+
+
+def _key_problems(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                  ignored: Mapping[str, tuple[int, ...]] | None = None) -> str:
+    """'' when ``state`` has exactly the ``expected`` keys and shapes (``ignored`` keys may be there, shape-checked);
+    else every missing, unexpected and mis-shaped key in one line."""
+    ignored = dict(ignored or {})
     problems = []
     missing = sorted(set(expected) - set(state))
     if missing:
         problems.append(f"missing {len(missing)}: {', '.join(missing)}")
-    unexpected = sorted(set(state) - set(expected) - set(unused))
+    unexpected = sorted(set(state) - set(expected) - set(ignored))
     if unexpected:
         problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
-    shapes = {**expected, **unused}
+    shapes = {**expected, **ignored}
     misshaped = sorted(f"{k} {tuple(state[k].shape)} != {shapes[k]}" for k in set(state) & set(shapes)
                        if tuple(state[k].shape) != shapes[k])
     if misshaped:
         problems.append(f"mis-shaped {len(misshaped)}: {', '.join(misshaped)}")
-    if problems:
-        raise CheckpointMismatch(f"{where}: does not match the CASD generator ({cfg}): " + "; ".join(problems))
-    return {own: state[up] for own, up in names.items()}
+    return "; ".join(problems)
+
+
+def _config_text(cfg: GeneratorConfig) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items() if k not in CONFIG_FIELDS_NOT_IN_WEIGHTS)
 
 
 _SHAPES_CACHE: dict[str, dict[str, torch.Tensor]] = {}
@@ -200,27 +283,69 @@ _SHAPES_CACHE: dict[str, dict[str, torch.Tensor]] = {}
 
 def _reference_shapes(cfg: GeneratorConfig) -> dict[str, torch.Tensor]:
     """Own state dict of ``Generator(cfg)`` on the meta device (shapes only, no memory, no weight files)."""
-    key = repr(cfg)
+    key = _config_text(cfg)
     if key not in _SHAPES_CACHE:
         with torch.device("meta"):
             _SHAPES_CACHE[key] = Generator(cfg, pretrained_vgg=False).state_dict()
     return _SHAPES_CACHE[key]
 
 
+# Upstream key whose shape gives each GeneratorConfig field (dimension index in brackets).
+_SHAPE_SOURCES: dict[str, tuple[str, int]] = {
+    "pose_channels": ("enc_content.block0.model.2.weight", 1),
+    "pose_width": ("enc_content.block0.model.2.weight", 0),
+    "style_width": ("enc_style.conv1.conv.weight", 0),
+    "width": ("enc_style.model0.0.weight", 0),
+    "mlp_width": ("dec.mlp.model.0.fc.weight", 0),
+    "regions": ("dec.query3_conv_0.weight", 0),
+}
+
+
+def infer_generator_config(state: Mapping[str, torch.Tensor], where: str | os.PathLike = "state dict",
+                           **overrides) -> GeneratorConfig:
+    """Upstream generator state dict -> :class:`GeneratorConfig` read off its shapes (``overrides`` win)."""
+    values: dict[str, Any] = {}
+    for field, (key, dim) in _SHAPE_SOURCES.items():
+        if key not in state:
+            raise DataError(where, f"not a CASD generator state dict: no {key} (needed for model.{field}); "
+                                   f"is it a discriminator?")
+        values[field] = int(state[key].shape[dim])
+    blocks = sorted({int(k.split(".")[1][len("model0_"):]) for k in state if re.match(r"dec\.model0_\d+\.", k)})
+    modulated = [i for i in blocks if f"dec.model0_{i}.0.models1.0.conv.weight" in state]
+    values["adain_blocks"] = len(blocks) - len(modulated)
+    values["modulated_blocks"] = len(modulated)
+    values["attention_blocks"] = sum(1 for n in range(3, 3 + 16) if f"dec.query{n}_conv.weight" in state)
+    # upstream's style encoder holds torchvision's VGG19; its weights travel inside the checkpoint (no file read)
+    values["vgg_weights"] = "torchvision"
+    values.update(overrides)
+    try:
+        return GeneratorConfig(**values)
+    except ConfigError as e:
+        raise DataError(where, f"inferred model configuration is invalid: {e}") from None
+
+
+def _built(config: GeneratorConfig, state: Mapping[str, torch.Tensor], vgg_pretrained: bool) -> Generator:
+    """A Generator of ``config`` holding ``state`` (keys and shapes already checked), in eval mode.
+
+    Built on the meta device and given the tensors: no throw-away random init (seconds for VGG19).
+    """
+    with torch.device("meta"):
+        generator = Generator(config, pretrained_vgg=False)
+    generator.load_state_dict(state, strict=True, assign=True)
+    generator.vgg_pretrained = vgg_pretrained
+    return generator.eval()
+
+
 def load_upstream_generator(source: str | os.PathLike | Mapping[str, Any], **overrides) -> Generator:
-    """Upstream generator checkpoint (path to ``latest_net_netG.pth`` or loaded state dict) -> Generator in eval mode.
+    """Upstream generator (path to ``latest_net_netG.pth`` or its state dict) -> Generator in eval mode.
 
     ``overrides``: :class:`GeneratorConfig` fields (defaults = upstream). The
-    state dict may carry DataParallel's ``module.`` prefix. The style encoder's
-    VGG19 comes from the checkpoint (no VGG file is read).
+    style encoder's VGG19 comes from the checkpoint (no VGG file is read).
     """
+    where = "state dict" if isinstance(source, Mapping) else source
+    state = bare_state_dict(source if isinstance(source, Mapping) else load_checkpoint(source), where)
     config = GeneratorConfig(**overrides)
-    state, where = _as_state_dict(source)
-    own = convert_upstream_state_dict(state, config, where)
-    generator = Generator(config, pretrained_vgg=False)
-    generator.load_state_dict(own, strict=True)
-    generator.vgg_pretrained = True
-    return generator.eval()
+    return _built(config, convert_upstream_state_dict(state, config, where), vgg_pretrained=True)
 
 
 def export_upstream_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
@@ -230,3 +355,232 @@ def export_upstream_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
     for key, shape in upstream_unused(generator.config).items():
         state[key] = torch.ones(shape) if key.endswith("running_var") else torch.zeros(shape)
     return state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the one loader
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedGenerator:
+    """A generator file, read: the network (eval mode) and the settings stored with it.
+
+    ``image_size`` (H, W), ``pose_mode`` and ``pose_sigma`` are None where the
+    file does not record them (upstream files): the caller's params decide then.
+    """
+
+    generator: Generator
+    path: Path
+    format: str                               # casd-generator | casd-train | upstream
+    image_size: tuple[int, int] | None = None
+    pose_mode: str | None = None
+    pose_sigma: float | None = None
+    extra: dict = dataclasses.field(default_factory=dict)  # other entries: imported_from, epoch, ...
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return self.generator.config
+
+    def check_settings(self, *, model: Mapping[str, Any] | None = None, image_size: Any = None,
+                       pose_mode: str | None = None, pose_sigma: float | None = None, hint: str = "") -> None:
+        """ConfigError naming every given setting (params ``model:``, ``data.image_size``, ``pose.*``) that
+        differs from what this file was made with; settings the file does not record are not compared."""
+        stored = dataclasses.asdict(self.config)
+        differ = [(f"model.{k}", stored[k], v) for k, v in sorted(dict(model or {}).items())
+                  if k in stored and k not in CONFIG_FIELDS_NOT_IN_WEIGHTS and _plain(stored[k]) != _plain(v)]
+        differ += [(name, mine, theirs) for name, mine, theirs in (
+            ("data.image_size", self.image_size, image_size), ("pose.mode", self.pose_mode, pose_mode),
+            ("pose.sigma", self.pose_sigma if self.pose_mode == "gaussian" else None, pose_sigma))
+            if mine is not None and theirs is not None and _plain(mine) != _plain(theirs)]
+        if differ:
+            text = "; ".join(f"{name}: checkpoint {_plain(a)!r}, params {_plain(b)!r}" for name, a, b in differ)
+            raise ConfigError(f"{self.path}: checkpoint made for other settings ({text}); use the params it was "
+                              f"trained with{hint}")
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def load_generator(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                   modulated_norm: str | None = None) -> LoadedGenerator:
+    """Any generator file the project accepts -> :class:`LoadedGenerator`, one read, ``weights_only=True``.
+
+    Accepted: ``casd-generator`` files (``models/generator.pt``, ``casd
+    import-checkpoint`` output), ``casd-train`` training states
+    (``checkpoints/*.pt``), and upstream's bare ``latest_net_netG.pth`` (model
+    configuration read off its shapes). ``modulated_norm`` replaces the
+    config's (``"sample"``: batched calls give batch-of-one pictures). A file
+    that is none of these, or whose tensors do not fit, is a DataError naming
+    it and the first thing wrong.
+    """
+    path = Path(path)
+    state = load_checkpoint(path)
+    if isinstance(state, Mapping) and not state:
+        raise DataError(path, "the checkpoint holds nothing (an empty mapping)")
+    if isinstance(state, Mapping) and "generator" in state and "model_config" in state:
+        loaded = _project_generator(path, state)
+    elif isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values()):
+        loaded = _upstream_generator(path, bare_state_dict(state, path))
+    elif isinstance(state, Mapping):
+        found = state.get("format", "no format entry")
+        raise DataError(path, f"not a generator file ({found!r}; expected {', '.join(GENERATOR_FORMATS)} or an "
+                              f"upstream latest_net_netG.pth state dict)")
+    else:
+        raise DataError(path, f"not a generator file: it holds a {type(state).__name__}, expected a mapping")
+    if modulated_norm is not None:
+        loaded.generator.set_modulated_norm(modulated_norm)
+    loaded.generator.to(device)
+    return loaded
+
+
+def _project_generator(path: Path, state: Mapping[str, Any]) -> LoadedGenerator:
+    file_format = state.get("format", GENERATOR_FORMATS[0])
+    if file_format not in GENERATOR_FORMATS:
+        raise DataError(path, f"checkpoint format {file_format!r}, expected one of {', '.join(GENERATOR_FORMATS)}")
+    try:
+        config = GeneratorConfig(**dict(state["model_config"]))
+    except (TypeError, ConfigError) as e:
+        raise DataError(path, f"model configuration not understood ({e})") from None
+    weights = state["generator"]
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise DataError(path, "the generator entry is not a state dict of tensors")
+    expected = {k: tuple(v.shape) for k, v in _reference_shapes(config).items()}
+    problem = _key_problems(weights, expected)
+    if problem:
+        raise DataError(path, f"generator weights do not fit the file's own model configuration: {problem}")
+    image_size = state.get("image_size")
+    if image_size is not None:
+        if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
+            raise DataError(path, f"image_size must be [H, W] positive integers, got {image_size!r}")
+        if image_size[0] % 4 or image_size[1] % 4:
+            raise DataError(path, f"image_size {list(image_size)}: the generator needs a height and width "
+                                  f"divisible by 4 (two down-samplings)")
+        image_size = (int(image_size[0]), int(image_size[1]))
+    pose_mode = state.get("pose_mode")
+    if pose_mode is not None and pose_mode not in POSE_MODES:
+        raise DataError(path, f"pose_mode {pose_mode!r}, expected one of {', '.join(POSE_MODES)}")
+    sigma = state.get("pose_sigma")
+    extra = {k: v for k, v in state.items() if k not in ("generator", "discriminators", "optimizers", "schedulers",
+                                                           "scaler", "model_config")}
+    return LoadedGenerator(_built(config, weights, bool(state.get("vgg_pretrained", True))), path, file_format,
+                           image_size, pose_mode, None if sigma is None else float(sigma), extra)
+
+
+def _upstream_generator(path: Path, state: dict[str, torch.Tensor]) -> LoadedGenerator:
+    own_names = set(_reference_shapes(GeneratorConfig.tiny()))
+    if own_names & set(state):
+        raise DataError(path, "a bare state dict of this project's generator, without its model configuration; "
+                              "load the casd-generator file it came from (models/generator.pt) instead")
+    config = infer_generator_config(state, path)
+    return LoadedGenerator(_built(config, convert_upstream_state_dict(state, config, path), True), path, "upstream")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# casd import-checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+def _discriminator(path: str | os.PathLike, expected_in: int, role: str) -> tuple[Discriminator, dict]:
+    """Upstream ``ResnetDiscriminator`` state dict -> (Discriminator, its constructor arguments)."""
+    state = load_upstream_file(path)
+    convs = sorted((int(k.split(".")[1]) for k in state if k.startswith("model.") and k.endswith(".weight")
+                    and state[k].dim() == 4))
+    if not convs:
+        raise DataError(path, f"not a discriminator state dict (no model.N.weight convolutions) for {role}")
+    first = state[f"model.{convs[0]}.weight"]
+    args = {"in_channels": int(first.shape[1]), "width": int(first.shape[0]), "downsamplings": len(convs) - 1}
+    if args["in_channels"] != expected_in:
+        raise DataError(path, f"{role} takes {args['in_channels']} input channels, expected {expected_in} "
+                              f"(were --netD-PB and --netD-PP swapped?)")
+    disc = Discriminator(**args)
+    problem = _key_problems(state, {k: tuple(v.shape) for k, v in disc.state_dict().items()})
+    if problem:
+        raise DataError(path, f"does not fit the CASD discriminator {args}: {problem}")
+    disc.load_state_dict(state, strict=True)
+    return disc, args
+
+
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(all values, trainable values); the generator's frozen VGG counts only in the first."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def import_upstream(source: str | os.PathLike, output: str | os.PathLike, *, netd_pb: str | os.PathLike | None = None,
+                    netd_pp: str | os.PathLike | None = None, image_size: tuple[int, int] = UPSTREAM_IMAGE_SIZE,
+                    pose_mode: str = "onehot", pose_sigma: float = 6.0, overwrite: bool = False) -> dict[str, Any]:
+    """Convert upstream checkpoint(s) into a ``casd-generator`` file at ``output``; returns a summary dict.
+
+    The model configuration is read off the weights' shapes, so re-trained
+    upstream variants of other widths convert too. ``output`` may be neither
+    an input file nor (unless ``overwrite``) an existing file.
+    """
+    output = Path(output)
+    for role, given in (("generator", source), ("--netD-PB", netd_pb), ("--netD-PP", netd_pp)):
+        if given is not None and Path(given).exists() and output.exists() and output.samefile(given):
+            raise CasdError(f"{output}: the destination is the {role} file being imported; give another path")
+    if output.exists() and not overwrite:
+        raise CasdError(f"{output}: already exists; pass --force to overwrite it")
+    if image_size[0] % 4 or image_size[1] % 4 or min(image_size) < 4:
+        raise CasdError(f"--image-size {image_size[0]} {image_size[1]}: height and width must be positive and "
+                        f"divisible by 4")
+    loaded = _upstream_generator(Path(source), load_upstream_file(source))
+    generator, config = loaded.generator, loaded.config
+    checkpoint: dict[str, Any] = {
+        "format": "casd-generator",
+        "generator": generator.state_dict(),
+        "model_config": dataclasses.asdict(config),
+        "vgg_pretrained": True,
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "pose_mode": pose_mode,
+        "pose_sigma": float(pose_sigma),
+        "imported_from": {"generator": str(source), "generator_sha256": sha256(source)},
+    }
+    total, trainable = count_parameters(generator)
+    summary: dict[str, Any] = {"output": str(output), "generator_values": total, "trainable_values": trainable,
+                               "model_config": checkpoint["model_config"], "image_size": checkpoint["image_size"],
+                               "pose_mode": pose_mode}
+    discriminators = {}
+    for role, path, channels in (("d_pb", netd_pb, 3 + config.pose_channels), ("d_pp", netd_pp, 6)):
+        if path is None:
+            continue
+        disc, args = _discriminator(path, channels, role)
+        discriminators[role] = disc.state_dict()
+        checkpoint.setdefault("discriminator_config", {})[role] = args
+        checkpoint["imported_from"][role] = str(path)
+        summary[f"{role}_values"] = count_parameters(disc)[0]
+    if discriminators:
+        checkpoint["discriminators"] = discriminators
+    save_checkpoint(output, checkpoint)
+    return summary
+
+
+def import_cli(argv: list[str]) -> None:
+    """``casd import-checkpoint SRC DST``."""
+    parser = argparse.ArgumentParser(
+        prog="casd import-checkpoint",
+        description="Convert upstream CASD weights (latest_net_netG.pth, optionally the discriminators) into a "
+                    "project checkpoint for casd generate / casd test. Loaded with weights_only=True.")
+    parser.add_argument("source", metavar="SRC", help="upstream generator state dict (latest_net_netG.pth)")
+    parser.add_argument("output", metavar="DST", help="project checkpoint to write (e.g. models/upstream.pt)")
+    parser.add_argument("--netD-PB", dest="netd_pb", help="upstream latest_net_netD_PB.pth (image + pose critic)")
+    parser.add_argument("--netD-PP", dest="netd_pp", help="upstream latest_net_netD_PP.pth (image pair critic)")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=list(UPSTREAM_IMAGE_SIZE),
+                        help="frame the weights were trained at (default: %(default)s, upstream's DeepFashion)")
+    parser.add_argument("--pose-mode", choices=POSE_MODES, default="onehot",
+                        help="pose maps the weights expect (upstream: onehot)")
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    args = parser.parse_args(argv)
+    summary = import_upstream(args.source, args.output, netd_pb=args.netd_pb, netd_pp=args.netd_pp,
+                              image_size=tuple(args.image_size), pose_mode=args.pose_mode, overwrite=args.force)
+    config = ", ".join(f"{k}={v}" for k, v in summary["model_config"].items() if k not in CONFIG_FIELDS_NOT_IN_WEIGHTS)
+    print(f"{args.source} -> {summary['output']}")
+    print(f"  generator: {summary['generator_values']:,} values ({summary['trainable_values']:,} trainable, "
+          f"the rest the frozen VGG19)")
+    print(f"  model config: {config}")
+    print(f"  frame: {summary['image_size'][0]}x{summary['image_size'][1]}, pose maps {summary['pose_mode']}")
+    for role in ("d_pb", "d_pp"):
+        if f"{role}_values" in summary:
+            print(f"  {role}: {summary[f'{role}_values']:,} values")

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "test": ("casd.inference", "test_cli", "generate every test pair"),
     "evaluate": ("casd.evaluation.evaluate", "cli_main", "FID / SSIM / LPIPS of generated images"),
     "generate": ("casd.generate", "cli_main", "pose transfer, try-on, head swap, style interpolation"),
-    "import-checkpoint": ("casd.importer", "import_cli", "convert upstream generator (+ discriminator) weights"),
+    "import-checkpoint": ("casd.checkpoints", "import_cli", "convert upstream generator (+ discriminator) weights"),
     "weights": ("casd.weights", "cli_main", "list (or fetch) the pretrained files the project uses"),
 }
 

@@ -36,13 +36,14 @@ import dataclasses
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from casd import control, visuals
+from casd.checkpoints import load_generator
 from casd.errors import CasdError, ConfigError, DataError
 from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, PHASES, REGION_NAMES, flat_stem
 
@@ -197,91 +198,7 @@ class PreparedData:
         return [p.name for d in self._image_dirs() if d.is_dir() for p in d.glob("*.jpg")]
 
 
-# --------------------------------------------------------------------------- checkpoint
-
-def _model_section(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if params is None:
-        return None
-    section = params.get("model")
-    return dict(section) if isinstance(section, Mapping) else None
-
-
-def check_model_config(checkpoint: str | Path, stored: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """ConfigError when ``expected`` (params.yaml ``model:``) names a value the checkpoint was not built with."""
-    differ = [f"model.{key}: checkpoint {stored[key]!r}, params {expected[key]!r}" for key in sorted(expected)
-              if key in stored and key not in _CONFIG_FIELDS_IGNORED and _plain(stored[key]) != _plain(expected[key])]
-    if differ:
-        raise ConfigError(f"{checkpoint}: checkpoint of another model configuration ({'; '.join(differ)}); "
-                          f"use the params it was trained with, or leave out --params to take its own")
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-GENERATOR_FORMATS = ("casd-generator", "casd-train")  # models/generator.pt and checkpoints/*.pt (casd.train)
-
-# Model fields that do not change the network a checkpoint holds (its VGG weights travel inside it).
-_CONFIG_FIELDS_IGNORED = ("vgg_weights",)
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu"):
-    """Project checkpoint -> (Generator in eval mode, its model config as a dict, the checkpoint's other entries).
-
-    Reads ``casd-generator`` files (``models/generator.pt`` from ``casd train``,
-    or ``casd import-checkpoint``) and full training states (``casd-train``),
-    with ``weights_only=True``. A file that is not one of them, or whose weights do
-    not fit its own model configuration, is a :class:`DataError` naming it.
-    """
-    from casd.importer import load_tensors_only
-    from casd.models.generator import Generator, GeneratorConfig
-
-    path = Path(path)
-    state = load_tensors_only(path)
-    if not isinstance(state, dict) or "generator" not in state or "model_config" not in state:
-        found = state.get("format", "no format entry") if isinstance(state, dict) else type(state).__name__
-        raise DataError(path, f"not a casd generator checkpoint ({found}); an upstream latest_net_netG.pth "
-                              f"must be converted first: casd import-checkpoint {path} OUT.pt")
-    if state.get("format", GENERATOR_FORMATS[0]) not in GENERATOR_FORMATS:
-        raise DataError(path, f"checkpoint format {state['format']!r}, expected one of {', '.join(GENERATOR_FORMATS)}")
-    try:
-        config = GeneratorConfig(**dict(state["model_config"]))
-    except TypeError as e:
-        raise DataError(path, f"model configuration not understood ({e})") from None
-    # Built on the meta device and given the checkpoint's tensors: no throw-away random init (seconds for VGG19).
-    with torch.device("meta"):
-        generator = Generator(config, pretrained_vgg=False)
-    try:
-        generator.load_state_dict(state["generator"], strict=True, assign=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise DataError(path, f"weights do not fit the checkpoint's own model configuration ({first})") from None
-    generator.vgg_pretrained = bool(state.get("vgg_pretrained", True))
-    info = {k: v for k, v in state.items() if k not in ("generator", "discriminators", "optimizers")}
-    return generator.to(device).eval(), dataclasses.asdict(config), info
-
-
 # --------------------------------------------------------------------------- synthesis
-
-def decode_per_sample(generator: torch.nn.Module, pose: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """pose [B, 30, H, W], tokens [B, 8, C] -> images [B, 3, H, W], each as a batch-of-one decode would give.
-
-    Why: the generator's attention-modulated norm (an upstream quirk kept for the
-    released weights) takes its statistics over the whole batch, so a plain
-    batched call lets the samples of a batch change each other's pictures.
-    ``torch.func.vmap`` keeps the work vectorised while every sample sees only
-    its own statistics (falls back to a loop where vmap cannot trace an op).
-    """
-    def one(pose_1: torch.Tensor, tokens_1: torch.Tensor) -> torch.Tensor:
-        return generator.decode(pose_1[None], tokens_1[None])[0][0]
-
-    if pose.shape[0] == 1:
-        return generator.decode(pose, tokens)[0]
-    try:
-        return torch.func.vmap(one)(pose, tokens)
-    except (RuntimeError, NotImplementedError):  # pragma: no cover (ops without a batching rule)
-        return torch.stack([one(p, t) for p, t in zip(pose, tokens)])
-
 
 class Synthesizer:
     """Pose transfer and style control with one generator (see the module docstring for the inputs).
@@ -293,7 +210,8 @@ class Synthesizer:
     def __init__(self, generator: torch.nn.Module, image_size: Sequence[int], pose_mode: str = "onehot",
                  sigma: float = 6.0, data_root: str | Path = DATA_ROOT, device: str | torch.device = "cpu",
                  parsing: Mapping[str, str | Path] | None = None):
-        self.generator = generator.to(device).eval()
+        # each sample rendered as if alone in its batch (upstream tests with batches of one)
+        self.generator = generator.to(device).eval().set_modulated_norm("sample")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.pose_mode = pose_mode
         self.sigma = float(sigma)
@@ -319,30 +237,20 @@ class Synthesizer:
 
         if isinstance(params, (str, Path)):
             params = load_params(params)
-        generator, stored, info = load_generator(path, device)
+        loaded = load_generator(path, device=device, modulated_norm="sample")
         params = params or {}
         data = dict(params.get("data") or {})
         pose = dict(params.get("pose") or {})
         if check:
-            expected = _model_section(params)
-            if expected is not None:
-                check_model_config(path, stored, expected)
-            recorded = {"data.image_size": (info.get("image_size"), data.get("image_size")),
-                        "pose.mode": (info.get("pose_mode"), pose.get("mode")),
-                        "pose.sigma": (info.get("pose_sigma"), pose.get("sigma"))}
-            differ = [f"{k}: checkpoint {_plain(a)!r}, params {_plain(b)!r}" for k, (a, b) in recorded.items()
-                      if a is not None and b is not None and _plain(a) != _plain(b)
-                      and not (k == "pose.sigma" and info.get("pose_mode") == "onehot")]
-            if differ:
-                raise ConfigError(f"{path}: checkpoint of another configuration ({'; '.join(differ)}); use the "
-                                  f"params it was trained with")
-        image_size = info.get("image_size") or data.get("image_size")
+            loaded.check_settings(model=params.get("model"), image_size=data.get("image_size"),
+                                  pose_mode=pose.get("mode"), pose_sigma=pose.get("sigma"),
+                                  hint=", or leave out --params to take its own")
+        image_size = loaded.image_size or data.get("image_size")
         if image_size is None:
             raise ConfigError(f"{path}: the checkpoint does not record its image size; pass params with "
                               f"data.image_size")
-        return cls(generator, image_size, pose_mode=info.get("pose_mode") or pose.get("mode", "onehot"),
-                   sigma=info.get("pose_sigma") or pose.get("sigma", 6.0), data_root=data_root, device=device,
-                   **kwargs)
+        return cls(loaded.generator, image_size, pose_mode=loaded.pose_mode or pose.get("mode", "onehot"),
+                   sigma=loaded.pose_sigma or pose.get("sigma", 6.0), data_root=data_root, device=device, **kwargs)
 
     # ---- inputs
 
@@ -418,11 +326,8 @@ class Synthesizer:
 
     @torch.no_grad()
     def decode(self, poses: Sequence[PoseLike], tokens: torch.Tensor) -> torch.Tensor:
-        """Style tokens [B, 8, C] rendered in poses -> images [B, 3, H, W] in [-1, 1].
-
-        Each sample is rendered as if alone in its batch, as upstream tests (batch 1).
-        """
-        return decode_per_sample(self.generator, self.pose_input(poses), tokens)
+        """Style tokens [B, 8, C] rendered in poses -> images [B, 3, H, W] in [-1, 1] (each sample independent)."""
+        return self.generator.decode(self.pose_input(poses), tokens)[0]
 
     def transfer_batch(self, sources: Sequence[PersonLike], poses: Sequence[PoseLike]) -> torch.Tensor:
         return self.decode(poses, self.encode(sources))

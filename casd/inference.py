@@ -12,14 +12,9 @@ for pixel. For ``test.strips`` pairs spread evenly over the list, a strip
 ``data/strips/<same name>.png``.
 
 Upstream generates one pair at a time; here ``test.batch_size`` pairs go
-through the network at once (fp16 autocast on CUDA with ``test.amp: auto``).
-The generator's attention-modulated norm takes statistics over the whole batch
-(an upstream quirk the released weights depend on); upstream's test runs batches
-of one, where those statistics are per sample. So during generation the norm is
-switched to per-sample statistics (:func:`per_sample_statistics`; identical to
-batch-1 calls by construction) and a batch gives the same pictures as upstream's
-loop, only faster. (Generators without that switch decode per sample under
-``torch.func.vmap``, :func:`casd.generate.decode_per_sample`.)
+through the network at once, with the generator's ``modulated_norm`` set to
+``"sample"`` (see :class:`casd.models.generator.Generator`), so that a batch
+gives upstream's batch-1 pictures.
 
 Resuming: every file is written atomically, so a file that exists is
 complete. ``data/generated/manifest.json`` records a fingerprint of what decides
@@ -39,14 +34,13 @@ DeepFashion data ``dvc repro evaluate`` reproduces the paper's numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -54,6 +48,7 @@ import torch
 from casd.config import from_dict, load_params, resolve_device
 from casd.errors import ConfigError, DataError
 from casd import visuals
+from casd.checkpoints import load_generator
 from casd.fileio import safe_name, write_json
 
 AMP_MODES = ("auto", "none", "fp16", "bf16")
@@ -127,30 +122,6 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
 
 
-def load_any_generator(path: str | Path, model: Mapping[str, Any] | None = None,
-                       device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A project checkpoint or an upstream generator state dict -> (Generator in eval mode, info).
-
-    ``info`` holds what the checkpoint records (``image_size``, ``pose_mode``,
-    ``pose_sigma`` for project checkpoints) and ``"source": "casd" | "upstream"``.
-    ``model``: params.yaml ``model:`` -- the architecture of an upstream state
-    dict (upstream defaults when absent; ``vgg_weights`` is ignored, the VGG
-    comes from the checkpoint).
-    """
-    from casd.checkpoints import load_checkpoint, load_upstream_generator
-    from casd.generate import load_generator
-
-    path = Path(path)
-    state = load_checkpoint(path)
-    if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        overrides = {k: v for k, v in dict(model or {}).items() if k != "vgg_weights"}
-        generator = load_upstream_generator(state, **overrides)
-        return generator.to(device).eval(), {"source": "upstream"}
-    del state
-    generator, _, info = load_generator(path, device)
-    return generator, {**info, "source": "casd"}
-
-
 def fingerprint(checkpoint: Path, dataset, pose_mode: str, pose_sigma: float, amp: torch.dtype | None) -> str:
     """Hash of everything that decides the generated pictures.
 
@@ -167,11 +138,12 @@ def fingerprint(checkpoint: Path, dataset, pose_mode: str, pose_sigma: float, am
                 h.update(block)
 
     add(checkpoint)
-    add(dataset.paths["pairs"])
-    add(dataset.paths["keypoints"])
+    layout, phase = dataset.layout, dataset.phase
+    add(layout.pairs(phase))
+    add(layout.keypoints(phase))
     for name in dataset.names:
-        add(dataset.paths["images"] / name)
-        add(dataset._parsing_path(name))
+        add(layout.image(phase, name))
+        add(layout.parsing_map(phase, name))
     h.update(json.dumps([_FINGERPRINT_VERSION, list(dataset.image_size), pose_mode, pose_sigma, str(amp)]).encode())
     return h.hexdigest()[:20]
 
@@ -205,24 +177,6 @@ def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest
     write_json(path, {**manifest, "complete": False})
 
 
-@contextlib.contextmanager
-def per_sample_statistics(generator: torch.nn.Module) -> Iterator[bool]:
-    """Make the attention-modulated norm use per-sample statistics for the duration; yields whether it could.
-
-    For a batch of one this is what the norm computes anyway, so the pictures of
-    a batch equal those of upstream's one-pair-at-a-time test loop.
-    """
-    switched = [m for m in generator.modules() if isinstance(getattr(m, "per_sample", None), bool)]
-    before = [m.per_sample for m in switched]
-    for m in switched:
-        m.per_sample = True
-    try:
-        yield bool(switched)
-    finally:
-        for m, value in zip(switched, before):
-            m.per_sample = value
-
-
 @torch.no_grad()
 def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path, *,
                         strips_dir: str | Path | None = STRIPS_DIR, batch_size: int = 8,
@@ -239,12 +193,11 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
     from tqdm import tqdm
 
     from casd.data.dataset import add_pose_input
-    from casd.generate import decode_per_sample
 
     out_dir = Path(out_dir)
     strips_dir = Path(strips_dir) if strips_dir is not None else None
     device = torch.device(device)
-    generator = generator.to(device).eval()
+    generator = generator.to(device).eval().set_modulated_norm("sample")  # upstream's batch-1 pictures, batched
     names = dataset.names
     pairs = [(names[int(s)], names[int(t)]) for s, t in dataset.pairs]
     if limit:
@@ -252,9 +205,9 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
     files = [output_name(s, t) for s, t in pairs]
     if len(set(files)) != len(files):
         dup = next(f for f in files if files.count(f) > 1)
-        raise DataError(dataset.paths["pairs"], f"pair listed twice (output {dup})")
+        raise DataError(dataset.layout.pairs(dataset.phase), f"pair listed twice (output {dup})")
     with_strip = strip_indices(len(pairs), strips)
-    manifest = {"fingerprint": stamp, "image_size": list(dataset.image_size), "pose_mode": dataset.pose_mode,
+    manifest = {"fingerprint": stamp, "image_size": list(dataset.image_size), "pose_mode": dataset.pose_config.mode,
                 "amp": str(amp).replace("torch.", "") if amp else "none", "checkpoint_source": (info or {}).get(
                     "source"), "pairs": [[s, t, f] for (s, t), f in zip(pairs, files)],
                 "strips": sorted(files[i] for i in with_strip)}
@@ -272,17 +225,12 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
                                          num_workers=workers, pin_memory=device.type == "cuda")
     started = time.perf_counter()
     order = iter(todo)
-    with per_sample_statistics(generator) as plain_batches, \
-            tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
+    with tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            add_pose_input(batch, dataset.image_size, dataset.pose_mode, dataset.pose_sigma)
+            add_pose_input(batch, dataset.image_size, dataset.pose_config)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                tokens = generator.encode_style(batch["P1"], batch["SP1"])
-                if plain_batches:
-                    fake = generator.decode(batch["BP2"], tokens)[0]
-                else:
-                    fake = decode_per_sample(generator, batch["BP2"], tokens)
+                fake = generator.decode(batch["BP2"], generator.encode_style(batch["P1"], batch["SP1"]))[0]
             fake = fake.float()
             pictures = visuals.to_uint8(fake)  # [B, H, W, 3]
             sources, truths = visuals.to_uint8(batch["P1"]), visuals.to_uint8(batch["P2"])
@@ -316,28 +264,23 @@ def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:
 def run_test(job: TestJob) -> dict:
     """The test stage: load the checkpoint named by ``test.checkpoint`` and generate every test pair."""
     from casd.data.dataset import PairDataset
+    from casd.data.pose import PoseConfig
 
     cfg = job.test
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.amp, device)
     checkpoint = Path(cfg.checkpoint)
-    generator, info = load_any_generator(checkpoint, job.model, device)
-    if info["source"] == "casd":
-        recorded = {"data.image_size": (info.get("image_size"), list(job.image_size)),
-                    "pose.mode": (info.get("pose_mode"), job.pose_mode)}
-        differ = [f"{k}: checkpoint {a!r}, params {b!r}" for k, (a, b) in recorded.items()
-                  if a is not None and (list(a) if isinstance(a, (list, tuple)) else a) != b]
-        if differ:
-            raise ConfigError(f"{checkpoint}: trained for other data settings ({'; '.join(differ)})")
-        pose_mode = info.get("pose_mode") or job.pose_mode
-        pose_sigma = float(info.get("pose_sigma") or job.pose_sigma)
-    else:
-        pose_mode, pose_sigma = job.pose_mode, job.pose_sigma
+    loaded = load_generator(checkpoint, device=device, modulated_norm="sample")
+    loaded.check_settings(model=job.model, image_size=job.image_size, pose_mode=job.pose_mode)
+    generator = loaded.generator
+    pose_mode = loaded.pose_mode or job.pose_mode
+    pose_sigma = float(loaded.pose_sigma or job.pose_sigma)
+    info = {**loaded.extra, "source": "upstream" if loaded.format == "upstream" else "casd"}
     if not getattr(generator, "vgg_pretrained", True):
         print("test: note: this generator's style encoder VGG holds random weights (model.vgg_weights: none)",
               flush=True)
-    dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False, pose_mode=pose_mode,
-                          pose_sigma=pose_sigma, preload=False)
+    dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False,
+                          pose_config=PoseConfig(mode=pose_mode, sigma=pose_sigma), preload=False)
     stamp = fingerprint(checkpoint, dataset, pose_mode, pose_sigma, amp)
     manifest = generate_test_pairs(generator, dataset, job.out_dir, strips_dir=job.strips_dir,
                                    batch_size=cfg.batch_size, device=device, amp=amp, strips=cfg.strips,

@@ -71,8 +71,14 @@ def test_batch_statistics_couple_samples_unless_per_sample():
         together_sample = sample_model(pose, image, parsing)[0]
     torch.testing.assert_close(together_sample, alone, atol=1e-5, rtol=1e-5)
     assert (together_batch - alone).abs().max() > 1e-3  # upstream's norm shares statistics across the batch
+    with torch.no_grad():  # the same switch on a built generator: its config, nothing else
+        switched = batch_model.set_modulated_norm("sample")(pose, image, parsing)[0]
+    assert switched is not None and batch_model.config.modulated_norm == "sample"
+    torch.testing.assert_close(switched, alone, atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="modulated_norm"):
         GeneratorConfig(modulated_norm="instance")
+    with pytest.raises(ConfigError, match="modulated_norm"):
+        batch_model.set_modulated_norm("instance")
 
 
 def test_size_not_divisible_by_4_is_refused():

@@ -1,4 +1,4 @@
-"""casd import-checkpoint: upstream-format state dicts -> project checkpoint -> the same outputs."""
+"""casd import-checkpoint and the one generator loader: upstream state dicts -> project checkpoint -> same outputs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import warnings
 import pytest
 import torch
 
-from casd import importer
-from casd.checkpoints import export_upstream_state_dict, load_checkpoint
+from casd import checkpoints as importer
+from casd.checkpoints import export_upstream_state_dict, load_checkpoint, load_generator
 from casd.cli import main as casd_main
 from casd.errors import CasdError, DataError
-from casd.generate import Synthesizer, load_generator
+from casd.generate import Synthesizer
 from casd.models.discriminator import Discriminator
 from casd.models.generator import Generator, GeneratorConfig
 
@@ -61,10 +61,11 @@ def test_round_trip_same_outputs_and_config(upstream_files, tmp_path, capsys):
     total = sum(p.numel() for p in generator.parameters())
     assert f"{total:,} values" in printed and "width=12" in printed and "adain_blocks=1" in printed
 
-    loaded, config, info = load_generator(out)
+    found = load_generator(out)
+    loaded = found.generator
     for field in ("width", "pose_width", "mlp_width", "adain_blocks", "modulated_blocks", "style_width"):
-        assert config[field] == getattr(generator.config, field)
-    assert info["image_size"] == list(SIZE) and info["pose_mode"] == "onehot"
+        assert getattr(found.config, field) == getattr(generator.config, field)
+    assert found.image_size == SIZE and found.pose_mode == "onehot" and found.format == "casd-generator"
     pose, image, parsing = _inputs()
     with torch.no_grad():
         expected, expected_attention = generator(pose, image, parsing)

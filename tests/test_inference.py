@@ -13,6 +13,7 @@ from PIL import Image
 
 from casd import inference
 from casd.errors import ConfigError
+from casd.models.generator import GeneratorConfig
 from tests.conftest import TINY_IMAGE_SIZE
 
 
@@ -110,24 +111,6 @@ def test_batched_generation_equals_batch_of_one(reference, tiny_prepared, checkp
     _same_pictures(reference[0].out_dir, single.out_dir, tolerance=1)
 
 
-def test_per_sample_statistics_match_upstream_batch_of_one_calls():
-    from casd.generate import decode_per_sample
-    from upstream_rules import rule_inputs
-
-    generator = _tiny_generator()
-    pose, image, parsing = rule_inputs(3, 64, 44, seed=5)
-    with torch.no_grad():
-        one_by_one = torch.cat([generator(pose[i:i + 1], image[i:i + 1], parsing[i:i + 1])[0] for i in range(3)])
-        mixed = generator(pose, image, parsing)[0]  # upstream norm: statistics span the batch
-        with inference.per_sample_statistics(generator) as switched:
-            batched = generator(pose, image, parsing)[0]
-        vmapped = decode_per_sample(generator, pose, generator.encode_style(image, parsing))
-    assert switched and not any(m.per_sample for m in generator.modules() if hasattr(m, "per_sample"))
-    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(vmapped, one_by_one, rtol=1e-4, atol=1e-5)
-    assert (mixed - one_by_one).abs().max() > 1e-3  # the switch matters
-
-
 def test_restart_after_interruption_skips_finished_pairs(job, monkeypatch):
     from casd.models.generator import Generator
 
@@ -171,8 +154,11 @@ def test_other_checkpoint_replaces_old_pictures(reference, tiny_prepared, checkp
 
 
 def test_upstream_state_dict_is_converted_on_the_fly(reference, tiny_prepared, checkpoints, tmp_path):
-    loaded, info = inference.load_any_generator(checkpoints["upstream"], checkpoints["model"])
-    assert info["source"] == "upstream"
+    from casd.checkpoints import load_generator
+
+    loaded = load_generator(checkpoints["upstream"])
+    assert loaded.format == "upstream" and loaded.image_size is None
+    assert loaded.config == GeneratorConfig(**{**checkpoints["model"], "vgg_weights": "torchvision"})
     job = dataclasses.replace(_job(tiny_prepared, tmp_path, checkpoints["upstream"], strips=0, limit=4),
                               model=checkpoints["model"])
     assert inference.run_test(job)["checkpoint_source"] == "upstream"

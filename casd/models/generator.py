@@ -325,9 +325,8 @@ class StyleDistributionBlock(nn.Module):
 class ModulatedResBlock(nn.Module):
     """x + norm(conv(relu(norm(conv(x), m1))), m2), m1, m2 predicted from the attention output."""
 
-    def __init__(self, width: int, per_sample: bool = False):
+    def __init__(self, width: int):
         super().__init__()
-        self.per_sample = per_sample
         self.conv1 = reflect_conv(width, width, 3)
         self.conv2 = reflect_conv(width, width, 3)
         self.modulation1 = self._modulation_head(width)
@@ -339,9 +338,9 @@ class ModulatedResBlock(nn.Module):
         return nn.Sequential(reflect_conv(width, width, 3), nn.InstanceNorm2d(width), nn.ReLU(inplace=True),
                              reflect_conv(width, 2 * width, 3))
 
-    def forward(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        out = F.relu(attention_modulated_norm(self.conv1(x), self.modulation1(attended), self.per_sample))
-        return x + attention_modulated_norm(self.conv2(out), self.modulation2(attended), self.per_sample)
+    def forward(self, x: torch.Tensor, attended: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        out = F.relu(attention_modulated_norm(self.conv1(x), self.modulation1(attended), per_sample))
+        return x + attention_modulated_norm(self.conv2(out), self.modulation2(attended), per_sample)
 
 
 # _PHASE_TAPS[a][i, s]: after a nearest x2 upsampling, output rows of phase a (even / odd) read low-resolution
@@ -408,12 +407,11 @@ class Decoder(nn.Module):
                                        nn.Linear(config.mlp_width, config.res_blocks * 4 * c))
         self.adain_blocks = nn.ModuleList(AdaINResBlock(c) for _ in range(config.adain_blocks))
         self.style_distribution = nn.ModuleList(StyleDistributionBlock(c, k) for _ in range(config.attention_blocks))
-        per_sample = config.modulated_norm == "sample"
-        self.modulated_blocks = nn.ModuleList(ModulatedResBlock(c, per_sample) for _ in range(config.modulated_blocks))
+        self.modulated_blocks = nn.ModuleList(ModulatedResBlock(c) for _ in range(config.modulated_blocks))
         self.upsample = nn.Sequential(UpBlock(c), UpBlock(c // 2))
         self.to_image = reflect_conv(c // 4, 3, 7)
 
-    def forward(self, pose_features: torch.Tensor, tokens: torch.Tensor):
+    def forward(self, pose_features: torch.Tensor, tokens: torch.Tensor, per_sample: bool = False):
         width = pose_features.shape[1]
         style = F.relu(self.style_fusion(tokens.flatten(1)))
         adain_params = self.adain_mlp(style).split(4 * width, dim=1)
@@ -428,7 +426,7 @@ class Decoder(nn.Module):
 
         attended, x = x, pose_features  # the modulated blocks restart from the pose features
         for block in self.modulated_blocks:
-            x = block(x, attended)
+            x = block(x, attended, per_sample)
         image = torch.tanh(self.to_image(self.upsample(x)))
         return image, attention_logits
 
@@ -443,7 +441,9 @@ class Generator(nn.Module):
     whole batch, so a generated image depends on the other samples of its
     batch; ``GeneratorConfig(modulated_norm="sample")`` makes samples
     independent: a batch of N then gives what upstream gives for N batches of
-    one (upstream's test setting), e.g. for batched generation.
+    one (upstream's test setting), e.g. for batched generation. The config is
+    the only switch: :meth:`set_modulated_norm` changes it on a built or loaded
+    generator (the weights are the same for both).
 
     ``pretrained_vgg=False`` skips loading the style encoder's VGG19 weights
     (use it when a checkpoint that carries them is loaded next).
@@ -466,6 +466,11 @@ class Generator(nn.Module):
     def vgg_pretrained(self, value: bool) -> None:
         self.style_encoder.vgg.pretrained = bool(value)
 
+    def set_modulated_norm(self, mode: str) -> "Generator":
+        """Statistics of the attention-modulated norm from now on: ``"batch"`` | ``"sample"``; returns self."""
+        self.config = dataclasses.replace(self.config, modulated_norm=mode)  # validated by GeneratorConfig
+        return self
+
     def reset_parameters(self) -> None:
         """Upstream init: conv / linear weights N(0, 0.02), biases as PyTorch's default; the frozen VGG untouched."""
         for name, module in self.named_modules():
@@ -482,7 +487,7 @@ class Generator(nn.Module):
         """pose [B,30,H,W], style_tokens [B,K,C] -> (image [B,3,H,W], [attention logits [B,K,H/4,W/4]] * 2)."""
         if pose.shape[-2] % 4 or pose.shape[-1] % 4:
             raise ValueError(f"generator input height and width must be divisible by 4, got {tuple(pose.shape[-2:])}")
-        return self.decoder(self.pose_encoder(pose), style_tokens)
+        return self.decoder(self.pose_encoder(pose), style_tokens, self.config.modulated_norm == "sample")
 
     def forward(self, pose: torch.Tensor, source_image: torch.Tensor, source_parsing: torch.Tensor):
         return self.decode(pose, self.encode_style(source_image, source_parsing))
