@@ -3,15 +3,23 @@
 Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` of
 params.yaml, whose default ``sqlite:///mlflow.db`` is what ``mlflow ui`` (MLflow
 3) opens when started from the repository root without flags; artifacts land
-in ``./mlruns/`` beside it. Both are gitignored.
+in ``mlruns/`` beside the database. A relative store path is taken from the
+user's workspace (:func:`workspace_root`), so experiments that ``dvc exp run
+--queue`` runs in ``.dvc/tmp/exps/...`` log into the workspace's store too.
 
 A run gets: every param of params.yaml flattened (``train.lr``, ``model.ngf``,
 ...), the git commit, the DVC experiment name (``$DVC_EXP_NAME``, set by
-``dvc exp run``), ``degraded.*`` tags for anything that makes the numbers
-incomparable with the paper (random VGG features, CPU training, loss terms
-switched off), per-step metrics, sample grids and the final checkpoint. The
-run id is written to ``metrics/mlflow_run.json`` so that ``evaluate`` logs
-its metrics to the same run (:func:`open_run_from_file`).
+``dvc exp run``) as run name and tag, ``degraded.*`` tags for anything that
+makes the numbers incomparable with the paper (random VGG features, CPU
+training, loss terms switched off), per-step metrics, sample grids and the
+final checkpoint. The run id is written to ``metrics/mlflow_run.json`` (a DVC
+metrics file: ``dvc exp show`` lists it) so that ``evaluate`` logs its metrics
+to the same run (:func:`open_run_from_file`).
+
+Tracking never stops a training: an unreachable server or a failing call
+warns once and the run goes on untracked. Writes to a sqlite store are
+serialised by a lock file beside it (``mlflow.db.lock``): sqlite takes one
+writer at a time, and ``dvc queue start -j 2`` runs two trainings at once.
 
 :class:`Tracker` is a no-op when tracking is disabled, and on every rank but 0
 under DDP, so that callers never branch on it.
@@ -19,14 +27,19 @@ under DDP, so that callers never branch on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -34,10 +47,33 @@ from casd.config import flatten
 from casd.errors import ConfigError
 from casd.fileio import write_json
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock; the retries below still apply
+    fcntl = None
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_FILE = Path("metrics/mlflow_run.json")
+ARTIFACT_FOLDER = "mlruns"           # artifacts of a sqlite store live in this folder beside the database
+# MLflow <= 3.x UIs that read it open an experiment tagged this way on its runs table (not the GenAI
+# overview); MLflow 3.17's UI chooses by its workflow switch instead, see :func:`runs_page`.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+CONNECT_TIMEOUT_S = 3.0              # probe of an http(s) tracking server before a run starts
+PAUSE_AFTER_FAILURE_S = 60.0         # a failing store is left alone this long: a dead server costs no step time
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # MLflow: 7, 120
 _MAX_PARAM_LEN = 6000   # MLflow's limit on a param value
 _BATCH = 100            # MLflow's limit on params per log_batch call
+_LOCKED_RETRIES = 8     # "database is locked" from another reader/writer (e.g. `mlflow ui`): retry with backoff
+
+_unreachable: set[str] = set()   # stores found unreachable in this process: warned once, not probed again
+
+
+class TrackingUnavailable(Exception):
+    """The tracking store cannot be reached; tracking is skipped, never the work."""
+
+    def __init__(self, message: str, repeated: bool = False):
+        super().__init__(message)
+        self.repeated = repeated  # already reported in this process
 
 
 @dataclass
@@ -53,7 +89,49 @@ class TrackingConfig:
             raise ConfigError("params.yaml [tracking]: experiment must be a non-empty name")
 
     def resolved_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.uri or DEFAULT_URI
+        """The store URI, a relative sqlite / file path made absolute against :func:`workspace_root`."""
+        return anchored_uri(os.environ.get("MLFLOW_TRACKING_URI") or self.uri or DEFAULT_URI, workspace_root())
+
+
+def workspace_root() -> Path:
+    """The user's workspace: ``$DVC_ROOT`` when DVC runs the stage, else the current folder.
+
+    DVC sets ``DVC_ROOT`` to the workspace's root for every stage, also for queued and ``--temp``
+    experiments, which run in a copy under ``.dvc/tmp/exps/`` (dvc/repo/experiments/queue/base.py).
+    """
+    root = os.environ.get("DVC_ROOT")
+    return Path(root).resolve() if root and Path(root).is_dir() else Path.cwd().resolve()
+
+
+def anchored_uri(uri: str, root: Path) -> str:
+    """``uri`` with a relative local path (``sqlite:///mlflow.db``, ``file:mlruns``, ``mlruns``) made absolute
+    against ``root``; any other URI unchanged."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"sqlite:///{root / path}"
+        return uri
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") and not parsed.netloc:
+        path = Path(parsed.path)
+        return str(path if path.is_absolute() else root / path)
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an absolute ``sqlite:////...`` URI; None for any other store."""
+    if uri.startswith("sqlite:////"):
+        return Path(uri[len("sqlite:///"):].split("?")[0])
+    return None
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The runs table of ``experiment_id`` in the MLflow UI at ``base_url`` (e.g. http://127.0.0.1:5000).
+
+    MLflow 3.17 opens every experiment on its GenAI overview unless the browser last chose
+    "Model training"; ``workflowType=machine_learning`` in the address opens the runs table.
+    """
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def git_commit(cwd: str | Path = ".") -> tuple[str | None, bool]:
@@ -73,19 +151,155 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_LEN else text[:_MAX_PARAM_LEN - 3] + "..."
 
 
+@contextlib.contextmanager
+def _store_lock(db: Path | None) -> Iterator[None]:
+    """Exclusive lock on ``<db>.lock`` (no-op for stores that are not a local sqlite file)."""
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_locked_error(error: BaseException) -> bool:
+    return "database is locked" in str(error) or "database table is locked" in str(error)
+
+
+def _probe(uri: str) -> None:
+    """Raise :class:`TrackingUnavailable` within ``CONNECT_TIMEOUT_S`` if an http(s) store does not answer."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    for key, value in _HTTP_DEFAULTS.items():  # a server that dies mid-run then costs seconds per call, not minutes
+        os.environ.setdefault(key, value)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise TrackingUnavailable(f"tracking server {uri} unreachable ({e})") from None
+
+
+class _Store:
+    """An MlflowClient on one store, with its lock and the locked-database retries."""
+
+    def __init__(self, uri: str):
+        if uri in _unreachable:
+            raise TrackingUnavailable(f"tracking server {uri} unreachable", repeated=True)
+        try:
+            _probe(uri)
+        except TrackingUnavailable:
+            _unreachable.add(uri)
+            raise
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.db = sqlite_path(uri)
+        # the client creates and migrates a new database: two processes doing so at once collide
+        self.client = self.call(MlflowClient, uri)
+
+    def call(self, action: Callable, *args, **kwargs):
+        for attempt in range(_LOCKED_RETRIES):
+            try:
+                with _store_lock(self.db):
+                    return action(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - MLflow wraps sqlite's OperationalError in its own types
+                if not _is_locked_error(e) or attempt == _LOCKED_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * 2 ** attempt)
+
+    def artifact_root(self) -> Path | None:
+        return self.db.parent / ARTIFACT_FOLDER if self.db is not None else None
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created (with its artifacts beside the database) if missing."""
+        def get_or_create():
+            self._adopt_copied_store()
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            root = self.artifact_root()
+            # explicit location: MLflow's default is ./mlruns of the *current* folder, which for a queued
+            # experiment is a temporary workspace that DVC deletes afterwards
+            location = str(root / _folder_name(name)) if root is not None else None
+            experiment_id = self.client.create_experiment(name, artifact_location=location)
+            self.client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND_TAG)
+            return experiment_id
+        return self.call(get_or_create)
+
+    def _adopt_copied_store(self) -> None:
+        """Point artifact locations of a copied or moved store at the folder beside this database.
+
+        A sqlite store keeps absolute artifact paths; after ``cp -r`` or ``mv`` of a checkout they still name
+        the original ``mlruns/``, and new runs would write their artifacts into the other checkout.
+        Locations ``<elsewhere>/mlruns/<x>`` (this project's layout) are rewritten to ``<here>/mlruns/<x>``,
+        for experiments and their runs; other locations (object stores, chosen folders) are left alone.
+        Runs under the lock.
+        """
+        root = self.artifact_root()
+        if root is None or not self.db.is_file():
+            return
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "experiments" not in tables:
+                return
+            moved = {}
+            for experiment_id, location in db.execute("SELECT experiment_id, artifact_location FROM experiments"):
+                path = Path(urlparse(location).path) if location and location.startswith("file:") else \
+                    Path(location or "")
+                if path.is_absolute() and path.parent.name == ARTIFACT_FOLDER and path.parent != root:
+                    moved[experiment_id] = (str(path), str(root / path.name), location)
+            if not moved:
+                return
+            runs_moved = 0
+            with db:
+                for experiment_id, (old, new, location) in moved.items():
+                    db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                               (new, experiment_id))
+                    for prefix in {old, location}:
+                        runs_moved += db.execute(
+                            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                            (new, len(prefix) + 1, experiment_id, len(prefix), prefix)).rowcount
+        if not runs_moved:  # e.g. MLflow's "Default" experiment, placed in the folder that created the store
+            return
+        old_roots = sorted({str(Path(old).parent) for old, _, _ in moved.values()})
+        print(f"tracking: {self.db} was copied or moved from another checkout (artifacts at "
+              f"{', '.join(old_roots)}); its artifact locations now point to {root}", flush=True)
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
+
+
 class Tracker:
     """One MLflow run (or nothing, when ``active`` is False)."""
 
-    def __init__(self, client=None, run_id: str | None = None):
-        self.client = client
+    def __init__(self, client=None, run_id: str | None = None, store: _Store | None = None):
+        self.store = store
+        self.client = store.client if store is not None else client
         self.run_id = run_id
+        self.experiment_id: str | None = None
         self._warned = False
+        self._paused_until = 0.0
 
-    def _safely(self, action, *args, **kwargs) -> None:
-        """Run a logging call; a tracking-server hiccup warns once instead of killing a long training."""
+    def _call(self, action: Callable, *args, **kwargs):
+        return self.store.call(action, *args, **kwargs) if self.store is not None else action(*args, **kwargs)
+
+    def _safely(self, action, *args, force: bool = False, **kwargs) -> None:
+        """Run a logging call; a failing store warns once and is left alone for a while (unless ``force``),
+        so that a long training neither dies nor waits on it."""
+        if not force and time.monotonic() < self._paused_until:
+            return
         try:
-            action(*args, **kwargs)
+            self._call(action, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any client / network error
+            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
             if not self._warned:
                 warnings.warn(f"MLflow logging to run {self.run_id} failed ({type(e).__name__}: {e}); "
                               "continuing without it (metrics/ files are still written)")
@@ -104,35 +318,53 @@ class Tracker:
               tags: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> "Tracker":
         """Open a run: a new one, or ``resume_run_id`` (a resumed training continues its run).
 
-        ``params`` is params.yaml as loaded (nested); it is logged flattened.
+        ``params`` is params.yaml as loaded (nested); it is logged flattened. Default run name: the DVC
+        experiment name, else ``<stage>@<commit>``. A store that cannot be reached or fails gives one
+        warning and a disabled tracker: tracking never stops the work.
         """
         if not config.enabled:
             return cls.disabled()
-        from mlflow.tracking import MlflowClient
+        uri = config.resolved_uri()
+        try:
+            return cls._start(uri, config, params, run_name, tags, resume_run_id)
+        except TrackingUnavailable as e:
+            if not e.repeated:
+                warnings.warn(f"MLflow tracking off for this run: {e}")
+        except Exception as e:  # noqa: BLE001 - whatever the store says, the training goes on
+            warnings.warn(f"MLflow tracking off for this run: {uri}: {type(e).__name__}: {e}")
+        return cls.disabled()
 
-        client = MlflowClient(config.resolved_uri())
+    @classmethod
+    def _start(cls, uri, config, params, run_name, tags, resume_run_id) -> "Tracker":
+        store = _Store(uri)
         if resume_run_id:
             try:
-                run = client.get_run(resume_run_id)
+                run = store.call(store.client.get_run, resume_run_id)
                 if run.info.lifecycle_stage == "active":
-                    client.update_run(resume_run_id, status="RUNNING")
-                    tracker = cls(client, resume_run_id)
+                    store.call(store.client.update_run, resume_run_id, status="RUNNING")
+                    tracker = cls(run_id=resume_run_id, store=store)
+                    tracker.experiment_id = run.info.experiment_id
                     tracker.set_tags({"resumed": "true", **(tags or {})})
                     return tracker
-            except Exception as e:  # the run may live in another store (e.g. MLFLOW_TRACKING_URI changed)
+            except Exception as e:  # noqa: BLE001 - the run may live in another store (MLFLOW_TRACKING_URI changed)
                 warnings.warn(f"cannot continue MLflow run {resume_run_id} ({e}); starting a new run")
-        experiment = client.get_experiment_by_name(config.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
+        experiment_id = store.experiment_id(config.experiment)
         all_tags = dict(tags or {})
         commit, dirty = git_commit()
         if commit:
             all_tags["mlflow.source.git.commit"] = commit
             all_tags["git.dirty"] = str(dirty).lower()
-        if os.environ.get("DVC_EXP_NAME"):
-            all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        run = client.create_run(experiment_id, run_name=run_name or os.environ.get("DVC_EXP_NAME"),
-                                tags=all_tags)
-        tracker = cls(client, run.info.run_id)
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        if exp_name:
+            all_tags["dvc.exp_name"] = exp_name
+        if os.environ.get("DVC_EXP_BASELINE_REV"):
+            all_tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+        if not run_name:
+            stage = os.environ.get("DVC_STAGE") or all_tags.get("casd.stage") or "train"
+            run_name = exp_name or (f"{stage}@{commit[:7]}{'+dirty' if dirty else ''}" if commit else None)
+        run = store.call(store.client.create_run, experiment_id, run_name=run_name, tags=all_tags)
+        tracker = cls(run_id=run.info.run_id, store=store)
+        tracker.experiment_id = experiment_id
         tracker.log_params(flatten(dict(params)))
         return tracker
 
@@ -143,20 +375,18 @@ class Tracker:
 
         items = [Param(k, _param_value(v)) for k, v in sorted(flat.items())]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
+            self._call(self.client.log_batch, self.run_id, params=items[i:i + _BATCH])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active or not tags:
             return
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.active or not metrics:
             return
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -183,20 +413,24 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
         if self.active:
-            self._safely(self.client.set_terminated, self.run_id, status)
+            self._safely(self.client.set_terminated, self.run_id, status, force=True)
 
     def write_run_file(self, path: str | Path = RUN_FILE, config: TrackingConfig | None = None) -> None:
-        """Record the run id (and where it lives) for later stages; ``{"run_id": null}`` when not tracking."""
+        """Record the run for later stages and for ``dvc exp show`` (a DVC metrics file);
+        ``{"run_id": null}`` when not tracking."""
         info = {"run_id": self.run_id,
-                "tracking_uri": (config.resolved_uri() if config else None) if self.active else None,
+                "experiment_id": self.experiment_id if self.active else None,
                 "experiment": config.experiment if (config and self.active) else None}
         write_json(path, info)
 
 
-def open_run_from_file(config: TrackingConfig, path: str | Path = RUN_FILE) -> Tracker:
-    """The run a previous stage recorded in ``path`` (disabled Tracker if none was recorded).
 
-    For the evaluate stage: ``open_run_from_file(cfg).log_metrics({"fid": ...}, step)``.
+def open_run_from_file(config: TrackingConfig, path: str | Path = RUN_FILE) -> Tracker:
+    """The run a previous stage recorded in ``path``, in this checkout's store (``config``);
+    a disabled Tracker if none was recorded.
+
+    For the evaluate stage: ``open_run_from_file(cfg).log_metrics({"fid": ...}, step)``. Raises if the run is
+    not in the store (for instance a run file copied from another checkout) or the store is unreachable.
     """
     path = Path(path)
     if not config.enabled or not path.is_file():
@@ -204,8 +438,8 @@ def open_run_from_file(config: TrackingConfig, path: str | Path = RUN_FILE) -> T
     info = json.loads(path.read_text(encoding="utf-8"))
     if not info.get("run_id"):
         return Tracker.disabled()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or info.get("tracking_uri") or config.resolved_uri())
-    client.get_run(info["run_id"])  # fails loudly if the run is not in this store
-    return Tracker(client, info["run_id"])
+    store = _Store(config.resolved_uri())
+    run = store.call(store.client.get_run, info["run_id"])  # fails loudly if the run is not in this store
+    tracker = Tracker(run_id=info["run_id"], store=store)
+    tracker.experiment_id = run.info.experiment_id
+    return tracker
