@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("casd.generate", "cli_main", "pose transfer, try-on, head swap, style interpolation"),
     "import-checkpoint": ("casd.checkpoints", "import_cli", "convert upstream generator (+ discriminator) weights"),
     "weights": ("casd.weights", "cli_main", "list (or fetch) the pretrained files the project uses"),
+    "annotate": ("casd.annotate", "cli_main", "photos -> keypoints + LIP parsing in the dataset's formats"),
 }
 
 

@@ -97,6 +97,22 @@ REGISTRY: dict[str, WeightFile] = {w.key: w for w in [
                "lpips package",
                sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868", home="lpips",
                size_hint="7 KB"),
+    # casd annotate (the optional [annotate] extra); none of the three has a published SHA-256
+    WeightFile("yolox-person", "yolox_m_8xb8-300e_humanart-c2c7a14a.zip",
+               "https://download.openmmlab.com/mmpose/v1/projects/rtmposev1/onnx_sdk/"
+               "yolox_m_8xb8-300e_humanart-c2c7a14a.zip", "",
+               "casd annotate: person detector (YOLOX-m, HumanArt; rtmlib's ONNX release, end2end.onnx inside)",
+               size_hint="90 MB", fetch_by_default=False),
+    WeightFile("rtmpose-body", "rtmpose-m_simcc-body7_pt-body7_420e-256x192-e48f03d0_20230504.zip",
+               "https://download.openmmlab.com/mmpose/v1/projects/rtmposev1/onnx_sdk/"
+               "rtmpose-m_simcc-body7_pt-body7_420e-256x192-e48f03d0_20230504.zip", "",
+               "casd annotate: 17 COCO body keypoints (RTMPose-m, Body7; rtmlib's ONNX release, end2end.onnx "
+               "inside)", size_hint="50 MB", fetch_by_default=False),
+    WeightFile("schp-lip", "exp-schp-201908261155-lip.pth",
+               "https://huggingface.co/zhengchong/CatVTON/resolve/main/SCHP/exp-schp-201908261155-lip.pth", "",
+               "casd annotate: LIP-20 human parsing (SCHP ResNet-101, the authors' LIP checkpoint; their link: "
+               "https://drive.google.com/file/d/1k4dllHpu0bdx38J7H28rVVLpU-kOHmnH)", size_hint="255 MB",
+               fetch_by_default=False),
 ]}
 
 
