@@ -66,13 +66,13 @@ REGISTRY: dict[str, WeightFile] = {w.key: w for w in [
     WeightFile("vgg19", "vgg19-dcbb9e9d.pth",
                "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d",
                "style encoder's frozen VGG19 (model.vgg_weights: torchvision) and the perceptual / content / "
-               "style / contextual (CX) losses (loss.vgg_weights); the CX loss uses this torchvision VGG19 "
-               "in place of upstream's vgg_conv.pth", size_hint="548 MB"),
+               "style / contextual (CX) losses (loss.vgg_weights; CX unless loss.cx_vgg_weights names "
+               "upstream's vgg_conv.pth)", size_hint="548 MB"),
     WeightFile("vgg-conv-cx", "vgg_conv.pth",
                "https://bethgelab.org/media/uploads/pytorch_models/vgg_conv.pth", "",
                "upstream's CX loss VGG (Caffe VGG19 converted by Gatys et al.; upstream ships it in its Google "
-               "Drive folder). Not used by this project by default: its CX loss uses the torchvision VGG19 "
-               "(vgg19 above); listed for exact upstream replication only", size_hint="80 MB",
+               "Drive folder). The CX loss reads it when loss.cx_vgg_weights names it; otherwise CX uses the "
+               "torchvision VGG19 (vgg19 above)", size_hint="80 MB",
                fetch_by_default=False),
     WeightFile("inception-fid", "pt_inception-2015-12-05-6726825d.pth",
                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
