@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +41,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+TEMP_PATTERN = ".*.tmp*"  # what atomic_path names its temporary files
+
+
+def remove_temp_files(folder: str | Path) -> int:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (a killed writer); returns how many."""
+    removed = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in folder.glob(TEMP_PATTERN):
+            if path.is_file() and ".tmp" in path.name:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt, so that ``finally`` clauses (temp-file removal) run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -1,13 +1,7 @@
-"""Stage resize: data/split -> data/resized at data.image_size (optional border crop, Lanczos)."""
+"""Stage resize: data/split -> data/resized at data.image_size (optional border crop; data.resize_filter)."""
 
-from casd.config import from_dict, load_params, run_stage
-from casd.data.layout import DataConfig
-from casd.data.prepare import resize
-
-
-def main() -> None:
-    print(f"resize: {resize(from_dict(DataConfig, load_params().get('data'), 'data'))}")
-
+from casd.config import run_stage
+from casd.data.prepare import resize_from_params
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(resize_from_params)

@@ -49,7 +49,7 @@ def test_sample_contents(prepared):
     lazy = PairDataset(prepared, "train", (32, 24), render_pose=False, preload=False)[0]
     assert "BP1" not in lazy and torch.equal(lazy["P1"], s["P1"]) and torch.equal(lazy["SP2"], s["SP2"])
     batch = torch.utils.data.default_collate([lazy, lazy])
-    assert torch.equal(add_pose_input(batch, (32, 24))["BP1"][1], s["BP1"])
+    assert torch.equal(add_pose_input(batch, (32, 24), pose.PoseConfig())["BP1"][1], s["BP1"])
 
 
 def test_flip_permutation_swaps_named_left_right_joints():
@@ -72,8 +72,9 @@ def test_flip_permutation_swaps_named_left_right_joints():
 def test_merged_regions_have_no_left_right():
     # mirroring swaps LIP's left/right labels; after the merge they must be the same region,
     # which is why the dataset flips parsing maps by pixels only
-    assert np.array_equal(formats.LIP_TO_REGION[formats.LIP_FLIP], formats.LIP_TO_REGION)
-    assert not np.array_equal(formats.LIP_FLIP, np.arange(20))
+    lip_flip = np.arange(20)
+    lip_flip[[14, 15, 16, 17, 18, 19]] = [15, 14, 17, 16, 19, 18]   # left/right arm, leg, shoe
+    assert np.array_equal(formats.LIP_TO_REGION[lip_flip], formats.LIP_TO_REGION)
 
 
 def test_flipped_sample_is_consistent(prepared):

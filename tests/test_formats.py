@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from casd.errors import ConfigError, DataError
-from casd.data.layout import (LIP_FLIP, LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, flat_name, merge_parsing,
-                          parsing_onehot, read_annotations, read_list, read_pairs, rescale_keypoints,
-                          write_annotations)
+from PIL import Image
+
+from casd.data.layout import (LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, PreparedLayout, flat_name,
+                              merge_parsing, parsing_onehot, raw_file, read_annotations, read_image, read_list,
+                              read_pairs, read_regions, rescale_keypoints, write_annotations)
 
 GOOD_Y = list(range(10, 28))
 GOOD_X = [5] * 17 + [-1]
@@ -163,11 +165,6 @@ def test_merge_parsing_on_crafted_map():
     assert onehot[0, 1, 1, 4] == 1 and onehot[0, 1, 2, 2] == 1 and onehot[0, 1].sum() == 2
 
 
-def test_lip_flip_swaps_left_and_right():
-    assert LIP_FLIP[14] == 15 and LIP_FLIP[17] == 16 and LIP_FLIP[19] == 18 and LIP_FLIP[5] == 5
-    assert np.array_equal(LIP_FLIP[LIP_FLIP], np.arange(20))
-
-
 # --------------------------------------------------------------------------- coordinates
 
 def test_rescale_identity_and_downscale():
@@ -199,5 +196,76 @@ def test_data_config_validation(tmp_path):
         DataConfig(image_size=(64,))
     with pytest.raises(ConfigError, match="outside data/raw"):
         DataConfig(source="deepfashion", root="data/raw")
+    with pytest.raises(ConfigError, match="with source: synthetic, root must be data/raw"):
+        DataConfig(source="synthetic", root=str(tmp_path))
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        DataConfig(image_size=(30, 24))
+    for key, value in (("resize_filter", "nearest"), ("keypoint_frame", "scaled"), ("parsing_frame", "raw"),
+                       ("jpeg_quality", 0), ("follow_external_links", "yes")):
+        with pytest.raises(ConfigError, match=key):
+            DataConfig(**{key: value})
     assert str(DataConfig(source="deepfashion", root=str(tmp_path)).raw_dir()) == str(tmp_path)
     assert str(DataConfig().raw_dir()) == "data/raw"
+
+
+# --------------------------------------------------------------------------- whole files, spellings, readers
+
+def test_bom_is_accepted_utf16_and_empty_files_name_the_fix(tmp_path):
+    lst = tmp_path / "train.lst"
+    lst.write_bytes("\ufefffashionMENDenimid0000008001_1front.jpg\n".encode("utf-8"))
+    assert read_list(lst) == ["fashionMENDenimid0000008001_1front.jpg"]
+    path = annotation_csv(tmp_path, [row()])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert list(read_annotations(path)) == ["fashionMENDenimid0000008001_1front.jpg"]
+    path.write_bytes(path.read_bytes()[3:].decode().encode("utf-16"))
+    with pytest.raises(DataError, match="UTF-16; save it as UTF-8"):
+        read_annotations(path)
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="empty file, expected a header line name:keypoints_y:keypoints_x"):
+        read_annotations(path)
+    lst.write_text("\n")
+    with pytest.raises(DataError, match="no names ending in .jpg"):
+        read_list(lst)
+
+
+def test_duplicate_annotation_rows_fail_or_drop_the_image(tmp_path):
+    path = annotation_csv(tmp_path, [row(), row("fashionMENDenimid0000008002_2side.jpg"), row()])
+    with pytest.raises(DataError, match="annotated twice"):
+        read_annotations(path)
+    policy = ErrorPolicy("skip")
+    assert list(read_annotations(path, policy=policy)) == ["fashionMENDenimid0000008002_2side.jpg"]
+    assert policy.skipped[0][1] == 4
+
+
+def test_release_spelling_fasion_is_accepted(tmp_path):
+    (tmp_path / "fasion-resize-pairs-train.csv").write_text("from,to\n")
+    assert raw_file(tmp_path, "fashion-resize-pairs-train.csv").name == "fasion-resize-pairs-train.csv"
+    (tmp_path / "fashion-resize-pairs-train.csv").write_text("from,to\n")
+    assert raw_file(tmp_path, "fashion-resize-pairs-train.csv").name == "fashion-resize-pairs-train.csv"
+    (tmp_path / "fashion-resize-pairs-train.csv").write_text("from,to\na.jpg,b.jpg\n")
+    with pytest.raises(DataError, match="both fashion-resize-pairs-train.csv and fasion-resize-pairs-train.csv "
+                                        "exist and differ"):
+        raw_file(tmp_path, "fashion-resize-pairs-train.csv")
+    with pytest.raises(DataError, match="nor fasion-resize-annotation-test.csv"):
+        raw_file(tmp_path, "fashion-resize-annotation-test.csv")
+
+
+def test_prepared_layout_and_readers(tmp_path):
+    layout = PreparedLayout(tmp_path)
+    assert layout.pairs("train") == tmp_path / "split" / "pairs-train.csv"
+    assert layout.image("test", "a.jpg") == tmp_path / "resized" / "test" / "a.jpg"
+    assert layout.keypoints("test") == tmp_path / "pose" / "test.npz"
+    assert layout.parsing_map("train", "a.jpg") == tmp_path / "parsing" / "train" / "a.png"
+    Image.new("L", (6, 4), 128).save(tmp_path / "grey.jpg")
+    assert read_image(tmp_path / "grey.jpg", (4, 6)).shape == (4, 6, 3)
+    with pytest.raises(DataError, match="image is 4x6, expected 8x6"):
+        read_image(tmp_path / "grey.jpg", (8, 6))
+    assert read_image(tmp_path / "grey.jpg", (8, 12), resize=Image.Resampling.BICUBIC).shape == (8, 12, 3)
+    Image.fromarray(np.array([[0, 7], [8, 1]], np.uint8)).save(tmp_path / "bad.png")
+    with pytest.raises(DataError, match="region id 8 outside the merged ids 0..7"):
+        read_regions(tmp_path / "bad.png", (2, 2))
+    Image.fromarray(np.array([[0, 7], [3, 1]], np.uint8)).save(tmp_path / "ok.png")
+    assert read_regions(tmp_path / "ok.png", (4, 4), resize=True).shape == (4, 4)
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(DataError, match="cannot read image"):
+        read_image(tmp_path / "text.jpg")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from casd.errors import DataError
 from casd.data.layout import LIP_TO_REGION, flat_name, read_list, read_pairs
-from casd.data.prepare import available_pairs, resize, segment, split
+from casd.data.prepare import SOURCES, read_sources, resize, segment, split
 
 
 def copy_raw(tiny_raw: Path, tmp_path: Path) -> Path:
@@ -43,7 +43,10 @@ def test_split_on_tiny_set(tiny_prepared, tiny_raw):
         for placed in (split_dir / phase).glob("*.jpg"):
             assert placed.read_bytes() == originals[placed.name].read_bytes()
     report = json.loads((tiny_prepared / "reports" / "split.json").read_text())
-    assert report["unlisted"] == [] and report["train"]["missing_from_tree"] == []
+    assert report["unlisted"] == [] and report["links"] == 0 and report["skipped"] == 0
+    sources = read_sources(split_dir)
+    assert {n: Path(s) for n, s in sources.items()} == {n: p for n, p in originals.items() if n in sources}
+    assert len(sources) == sum(len(read_list(tiny_raw / f"{phase}.lst")) for phase in ("train", "test"))
 
 
 def test_split_reports_missing_and_unlisted_and_is_idempotent(tiny_raw, tmp_path, tiny_data_config, capsys):
@@ -54,11 +57,13 @@ def test_split_reports_missing_and_unlisted_and_is_idempotent(tiny_raw, tmp_path
     pairs = [p for p in read_pairs(raw / "fashion-resize-pairs-train.csv") if train[0] not in p]
     (raw / "fashion-resize-pairs-train.csv").write_text("from,to\n" + "".join(f"{a},{b}\n" for a, b in pairs))
     out = tmp_path / "split"
+    absent = "fashionMENDenimid0000099901_1front.jpg"
+    with pytest.raises(DataError, match=rf"train.lst: {absent} is listed but no image under .*img_highres has"):
+        split(tiny_data_config, raw, out, tmp_path / "reports")
+    (raw / "train.lst").write_text("\n".join(train[1:]) + "\n")
     summary = split(tiny_data_config, raw, out, tmp_path / "reports")
     err = capsys.readouterr().err
-    assert "train.lst names missing" in err and "fashionMENDenimid0000099901_1front.jpg" in err
     assert "in neither list" in err and train[0] in err
-    assert summary["train"]["missing_from_tree"] == ["fashionMENDenimid0000099901_1front.jpg"]
     assert summary["unlisted"] == [train[0]]
     assert json.loads((tmp_path / "reports" / "split.json").read_text())["unlisted"] == [train[0]]
     assert summary["train"]["pairs"] == len(pairs)
@@ -81,14 +86,14 @@ def test_split_pairs_row_naming_absent_image(tiny_raw, tmp_path, tiny_data_confi
     lines = path.read_text().splitlines()
     lines.insert(2, f"{test_name},{train_name}")  # a train image in a test pair: absent from test/
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=rf"pairs-test.csv, row 3: {train_name} not among the test images"):
+    with pytest.raises(DataError, match=rf"pairs-test.csv, row 3: pair dropped: {train_name} is not among the test"):
         split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
     assert not (tmp_path / "split" / "pairs-test.csv").exists()
     skip = dataclasses.replace(tiny_data_config, on_error="skip")
     summary = split(skip, raw, tmp_path / "split", tmp_path / "reports")
     assert summary["test"]["pairs"] == len(lines) - 2
     report = (tmp_path / "reports" / "skipped-split.csv").read_text()
-    assert f"{train_name} not among the test images" in report and ",3," in report
+    assert f"{train_name} is not among the test images" in report and ",3," in report
 
 
 def test_split_rejects_unsafe_list_names_and_overlap(tiny_raw, tmp_path, tiny_data_config):
@@ -135,13 +140,14 @@ def test_resize_crop_border_and_idempotence(tmp_path, tiny_data_config):
     time.sleep(0.01)
     resize(config, split_dir, out, tmp_path / "reports")
     assert (out / "train" / "a.jpg").stat().st_mtime_ns == mtime  # up to date: skipped
-    resize(dataclasses.replace(config, image_size=(32, 22)), split_dir, out, tmp_path / "reports")
-    assert Image.open(out / "train" / "a.jpg").size == (22, 32)    # other settings: redone
+    resize(dataclasses.replace(config, image_size=(32, 20)), split_dir, out, tmp_path / "reports")
+    assert Image.open(out / "train" / "a.jpg").size == (20, 32)    # other settings: redone
 
 
 def test_resize_corrupt_and_truncated_images(tiny_prepared, tmp_path, tiny_data_config):
     split_dir = tmp_path / "split"
     shutil.copytree(tiny_prepared / "split", split_dir)
+    (split_dir / SOURCES).unlink()  # no record of the raw files: the split copies are named
     images = sorted((split_dir / "test").glob("*.jpg"))
     for image in images[:2]:
         image.unlink()  # a hard link: replace, never write through it
@@ -220,14 +226,184 @@ def test_segment_bad_parsing_maps(tiny_prepared, tmp_path, tiny_data_config, pro
     assert stems[0] in (tmp_path / "reports" / "skipped-segment.csv").read_text()
 
 
-# --------------------------------------------------------------------------- consumers
+# --------------------------------------------------------------------------- real releases: spellings, gaps, links
 
-def test_available_pairs_drops_pairs_of_missing_files(tiny_prepared, tmp_path):
-    root = tmp_path / "prep"
-    shutil.copytree(tiny_prepared, root)
-    full = available_pairs("test", root / "split", root / "resized", root / "pose", root / "parsing")
-    assert full == read_pairs(root / "split" / "pairs-test.csv") and full
-    gone = full[0][0]
-    os.unlink(root / "parsing" / "test" / f"{gone[:-4]}.png")
-    kept = available_pairs("test", root / "split", root / "resized", root / "pose", root / "parsing")
-    assert kept == [p for p in full if gone not in p] and len(kept) < len(full)
+def remove_rows(path: Path, name: str) -> None:
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if name not in line))
+
+
+def test_split_accepts_the_release_spelling(tiny_raw, tmp_path, tiny_data_config):
+    raw = copy_raw(tiny_raw, tmp_path)
+    for kind in ("pairs", "annotation"):
+        for phase in ("train", "test"):
+            (raw / f"fashion-resize-{kind}-{phase}.csv").rename(raw / f"fasion-resize-{kind}-{phase}.csv")
+    summary = split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    assert summary["train"]["pairs"] > 0 and summary["test"]["pairs"] > 0
+
+
+def test_listed_image_absent_on_disk_is_skipped_with_its_pairs(tiny_raw, tmp_path, tiny_data_config):
+    raw = copy_raw(tiny_raw, tmp_path)
+    gone = read_list(raw / "train.lst")[0]
+    for path in (raw / "img_highres").rglob("*.jpg"):
+        if flat_name(path.relative_to(raw / "img_highres")) == gone:
+            path.unlink()
+    with pytest.raises(DataError, match=f"train.lst: {gone} is listed but no image"):
+        split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    skip = dataclasses.replace(tiny_data_config, on_error="skip")
+    summary = split(skip, raw, tmp_path / "split", tmp_path / "reports")
+    report = (tmp_path / "reports" / "skipped-split.csv").read_text()
+    assert f"{gone} is listed but no image" in report
+    dropped = [p for p in read_pairs(raw / "fashion-resize-pairs-train.csv") if gone in p]
+    assert dropped and report.count(f"{gone} listed in train.lst but not under img_highres/") == len(dropped)
+    assert summary["train"]["pairs"] == len(read_pairs(raw / "fashion-resize-pairs-train.csv")) - len(dropped)
+
+
+@pytest.mark.parametrize("damage", ["row missing", "header only", "duplicate row"])
+def test_every_listed_image_needs_exactly_one_annotation_row(tiny_raw, tmp_path, tiny_data_config, damage):
+    raw = copy_raw(tiny_raw, tmp_path)
+    annotation = raw / "fashion-resize-annotation-train.csv"
+    names = read_list(raw / "train.lst")
+    lines = annotation.read_text().splitlines()
+    if damage == "row missing":
+        remove_rows(annotation, names[0])
+        victims = [names[0]]
+    elif damage == "header only":
+        annotation.write_text(lines[0] + "\n")
+        victims = names
+    else:
+        annotation.write_text("\n".join(lines + [next(line for line in lines if line.startswith(names[0]))]) + "\n")
+        victims = [names[0]]
+    with pytest.raises(DataError, match="annotation-train.csv"):
+        split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    skip = dataclasses.replace(tiny_data_config, on_error="skip")
+    split(skip, raw, tmp_path / "split", tmp_path / "reports")
+    report = (tmp_path / "reports" / "skipped-split.csv").read_text()
+    placed = {p.name for p in (tmp_path / "split" / "train").glob("*.jpg")}
+    assert not placed & set(victims) and placed == set(names) - set(victims)
+    for victim in victims:
+        assert f"{victim} (in train.lst) has no valid row" in report
+    kept = read_pairs(tmp_path / "split" / "pairs-train.csv")
+    assert not [p for p in kept if set(p) & set(victims)]
+    assert len([line for line in report.splitlines() if "pair dropped" in line and "no valid row in" in line]) == len(
+        [p for p in read_pairs(raw / "fashion-resize-pairs-train.csv") if set(p) & set(victims)])
+
+
+def test_links_inside_are_followed_and_counted_outside_refused(tiny_raw, tmp_path, tiny_data_config):
+    raw = copy_raw(tiny_raw, tmp_path)
+    identity = next((raw / "img_highres").glob("*/*/id_*"))
+    elsewhere = raw / "moved"   # a linked identity folder inside root
+    identity.rename(elsewhere)
+    identity.symlink_to(elsewhere, target_is_directory=True)
+    image = next(p for p in (raw / "img_highres").rglob("*.jpg") if not str(p).startswith(str(identity)))
+    image.rename(raw / "one.jpg")
+    image.symlink_to(raw / "one.jpg")
+    summary = split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    assert summary["links"] == 2 and summary["skipped"] == 0
+    assert summary["train"]["placed"] + summary["test"]["placed"] == 18
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    image.unlink()
+    image.symlink_to(secret)
+    with pytest.raises(DataError, match=rf"{image.name}: resolves to .*secret.txt, outside data.root .* "
+                                        r"data.follow_external_links: true"):
+        split(tiny_data_config, raw, tmp_path / "split2", tmp_path / "reports")
+    assert not (tmp_path / "split2").exists() or "root:x" not in "".join(
+        p.read_text(errors="ignore") for p in (tmp_path / "split2").rglob("*.jpg"))
+    external = tmp_path / "external.jpg"
+    shutil.copy(raw / "one.jpg", external)
+    image.unlink()
+    image.symlink_to(external)
+    allowed = split(dataclasses.replace(tiny_data_config, follow_external_links=True), raw, tmp_path / "split3",
+                    tmp_path / "reports")
+    assert allowed["train"]["placed"] + allowed["test"]["placed"] == 18
+
+
+def test_errors_name_the_file_under_the_raw_folder(tiny_raw, tmp_path, tiny_data_config):
+    raw = copy_raw(tiny_raw, tmp_path)
+    victim = sorted((raw / "img_highres").rglob("*.jpg"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])
+    split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
+    with pytest.raises(DataError, match="corrupt or truncated image") as info:
+        resize(tiny_data_config, tmp_path / "split", tmp_path / "resized", tmp_path / "reports")
+    assert info.value.path == str(victim)
+
+
+# --------------------------------------------------------------------------- content, not mtime; no temp files
+
+def test_replaced_inputs_are_redone_whatever_their_mtime(tiny_prepared, tmp_path, tiny_data_config):
+    raw, split_dir, stems = make_parsing_case(tiny_prepared, tmp_path)
+    out = tmp_path / "parsing"
+    segment(tiny_data_config, raw, split_dir, out, tmp_path / "reports")
+    source = raw / "semantic_merge3" / f"{stems[0]}.png"
+    phase = "train" if (split_dir / "train" / f"{stems[0]}.jpg").exists() else "test"
+    Image.fromarray(np.full((128, 88), 2, np.uint8)).save(source)   # all hair
+    os.utime(source, ns=(1, 1))                                        # and older than the output
+    segment(tiny_data_config, raw, split_dir, out, tmp_path / "reports")
+    assert (np.asarray(Image.open(out / phase / f"{stems[0]}.png")) == 2).all()
+
+    resized = tmp_path / "resized"
+    resize(tiny_data_config, split_dir, resized, tmp_path / "reports")
+    image = split_dir / phase / f"{stems[0]}.jpg"
+    image.unlink()
+    Image.new("RGB", (88, 128), (0, 255, 0)).save(image)
+    os.utime(image, ns=(1, 1))
+    before = {p.name: p.stat().st_mtime_ns for p in (resized / phase).glob("*.jpg")}
+    resize(tiny_data_config, split_dir, resized, tmp_path / "reports")
+    assert np.asarray(Image.open(resized / phase / image.name))[..., 1].min() > 200
+    after = {p.name: p.stat().st_mtime_ns for p in (resized / phase).glob("*.jpg")}
+    assert [n for n in before if before[n] != after[n]] == [image.name]   # the others are skipped
+
+
+def test_failing_parallel_stage_leaves_no_temp_files(tiny_prepared, tmp_path, tiny_data_config):
+    raw, split_dir, stems = make_parsing_case(tiny_prepared, tmp_path)
+    for stem in stems[1:]:  # large maps keep the workers busy writing when the pool is stopped
+        Image.fromarray(np.random.default_rng(0).integers(0, 20, (128, 88), dtype=np.uint8)).save(
+            raw / "semantic_merge3" / f"{stem}.png")
+    Image.fromarray(np.zeros((64, 44), np.uint8)).save(raw / "semantic_merge3" / f"{stems[0]}.png")
+    config = dataclasses.replace(tiny_data_config, workers=2, image_size=(1024, 704))
+    for _ in range(3):
+        with pytest.raises(DataError, match="expected 128x88"):
+            segment(config, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
+        assert no_temp_files(tmp_path / "parsing")
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+import casd.data.prepare as prepare
+from casd.data.layout import DataConfig
+from casd.fileio import atomic_path
+
+def slow(job):
+    with atomic_path(job[1]) as tmp:
+        tmp.write_bytes(b"partial")
+        Path(sys.argv[2], "started").touch()
+        time.sleep(60)
+    return Path(job[1]).name, "x", None
+
+prepare._resize_one = slow
+config = DataConfig(image_size=(64, 44), annotation_size=(128, 88), workers=2)
+prepare.resize(config, sys.argv[1], Path(sys.argv[2]) / "resized", Path(sys.argv[2]) / "reports")
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_leave_no_temp_files(tiny_prepared, tmp_path, signum):
+    import signal
+    import subprocess
+    import sys
+    script = tmp_path / "slow.py"
+    script.write_text(SIGTERM_SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script), str(tiny_prepared / "split"), str(tmp_path)],
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert list((tmp_path / "resized").rglob(".*.tmp*"))   # writers are mid-file
+    process.send_signal(getattr(signal, signum))
+    process.wait(timeout=30)
+    assert process.returncode != 0
+    assert no_temp_files(tmp_path / "resized")

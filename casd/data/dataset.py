@@ -1,31 +1,19 @@
-"""Training / test pairs over the prepared data: images, keypoints, merged parsing.
-
-Reads what the earlier stages wrote (see the data layout in the README):
-
-- ``data/split/pairs-{phase}.csv``      (source, target) pairs of flat names
-- ``data/resized/{phase}/<flat>.jpg``    RGB at ``data.image_size`` (H, W)
-- ``data/pose/{phase}.npz``             keypoints (N, 18, 2) (y, x), -1 = missing
-- ``data/parsing/{phase}/<stem>.png``    merged region ids 0..7
+"""Training / test pairs over the prepared data (:class:`casd.data.layout.PreparedLayout`).
 
 One sample (``PairDataset[(pair_index, flip)]``)::
 
     P1, P2    float [3, H, W] in [-1, 1]        source and target image
     K1, K2    long  [18, 2] (y, x), -1 missing   keypoints (after the flip, if any)
     SP1, SP2  float [8, H, W] one-hot            merged parsing
-    BP1, BP2  float [30, H, W]                   pose input (18 pose + 12 limb maps);
-                                                 only with ``render_pose=True``, otherwise
-                                                 :func:`add_pose_input` renders a whole batch
-                                                 at once on the training device (cheaper)
+    BP1, BP2  float [30, H, W]                   pose input (18 keypoint + 12 limb maps), only with
+                                                 ``render_pose=True``; else :func:`add_pose_input`
+                                                 renders a whole batch on the training device
     P1_name, P2_name  str                        flat file names
-
-Which pairs an epoch sees is decided by :class:`EpochPairSampler`: like
-upstream, ``pairs_per_epoch`` pairs drawn at random with replacement, but the
-draw (and each pair's flip) depends only on ``(seed, epoch, rank)``, so that an
-interrupted run resumed from a checkpoint sees exactly the same pairs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -33,21 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from casd.data import layout as formats, pose
+from casd.data import pose
+from casd.data.layout import PreparedLayout, parsing_onehot, read_image, read_pairs, read_regions
+from casd.data.pose import PoseConfig
 from casd.errors import DataError
-
-NUM_REGIONS = 8
-
-
-def prepared_paths(data_root: str | Path, phase: str) -> dict[str, Path]:
-    """Where the prepared files of ``phase`` live under ``data_root`` (the contract's layout)."""
-    root = Path(data_root)
-    return {
-        "pairs": root / "split" / f"pairs-{phase}.csv",
-        "images": root / "resized" / phase,
-        "keypoints": root / "pose" / f"{phase}.npz",
-        "parsing": root / "parsing" / phase,
-    }
 
 
 def flip_keypoints(keypoints: torch.Tensor, width: int) -> torch.Tensor:
@@ -63,32 +40,6 @@ def flip_keypoints(keypoints: torch.Tensor, width: int) -> torch.Tensor:
     return flipped[..., torch.as_tensor(pose.FLIP_PERMUTATION, dtype=torch.long), :]
 
 
-def _read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            array = np.array(img.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise DataError(path, f"cannot read image ({e})") from e
-    if array.shape[:2] != tuple(size):
-        raise DataError(path, f"image is {array.shape[0]}x{array.shape[1]}, expected {size[0]}x{size[1]} "
-                              "(data.image_size); rerun the resize stage")
-    return array
-
-
-def _read_regions(path: Path, size: tuple[int, int]) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            array = np.array(img)
-    except (OSError, ValueError) as e:
-        raise DataError(path, f"cannot read parsing PNG ({e})") from e
-    if array.ndim != 2 or array.shape != tuple(size):
-        raise DataError(path, f"parsing has shape {array.shape}, expected {size[0]}x{size[1]} (data.image_size)")
-    if array.size and int(array.max()) >= NUM_REGIONS:
-        raise DataError(path, f"region id {int(array.max())} out of range 0..{NUM_REGIONS - 1} "
-                              "(expected merged regions; rerun the segment stage)")
-    return array.astype(np.uint8)
-
-
 class PairDataset(torch.utils.data.Dataset):
     """(source, target) pairs of one phase of the prepared data; see the module docstring.
 
@@ -99,24 +50,23 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_root: str | Path, phase: str, image_size: Sequence[int], *,
-                 render_pose: bool = True, pose_mode: str = "onehot", pose_sigma: float = 6.0,
-                 preload: bool = True):
-        self.paths = prepared_paths(data_root, phase)
+                 render_pose: bool = True, pose_config: PoseConfig | None = None, preload: bool = True):
+        self.layout = PreparedLayout(Path(data_root))
         self.phase = phase
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.render_pose = render_pose
-        self.pose_mode = pose_mode
-        self.pose_sigma = float(pose_sigma)
+        self.pose_config = pose_config or PoseConfig()
 
-        pairs_csv = self.paths["pairs"]
+        pairs_csv = self.layout.pairs(phase)
         if not pairs_csv.is_file():
             raise DataError(pairs_csv, "pairs file not found (run the split stage first)")
-        pairs = formats.read_pairs(pairs_csv)
+        pairs = read_pairs(pairs_csv)
         if not pairs:
             raise DataError(pairs_csv, "no pairs")
-        if not self.paths["keypoints"].is_file():
-            raise DataError(self.paths["keypoints"], "keypoints file not found (run the pose stage first)")
-        keypoints = pose.load_keypoints(self.paths["keypoints"])
+        keypoints_path = self.layout.keypoints(phase)
+        if not keypoints_path.is_file():
+            raise DataError(keypoints_path, "keypoints file not found (run the pose stage first)")
+        keypoints = pose.load_keypoints(keypoints_path)
 
         # Every image is stored once, pairs refer to it by index.
         self.names: list[str] = sorted({name for pair in pairs for name in pair})
@@ -124,11 +74,12 @@ class PairDataset(torch.utils.data.Dataset):
         for row, (src, dst) in enumerate(pairs, start=2):  # row 1 is the header
             for name in (src, dst):
                 if name not in keypoints:
-                    raise DataError(pairs_csv, f"{name} has no keypoints in {self.paths['keypoints']}", row=row)
-                if not (self.paths["images"] / name).is_file():
-                    raise DataError(pairs_csv, f"{name}: image {self.paths['images'] / name} not found", row=row)
-                if not self._parsing_path(name).is_file():
-                    raise DataError(pairs_csv, f"{name}: parsing {self._parsing_path(name)} not found", row=row)
+                    raise DataError(pairs_csv, f"{name} has no keypoints in {keypoints_path}", row=row)
+                if not self.layout.image(phase, name).is_file():
+                    raise DataError(pairs_csv, f"{name}: image {self.layout.image(phase, name)} not found", row=row)
+                if not self.layout.parsing_map(phase, name).is_file():
+                    raise DataError(pairs_csv, f"{name}: parsing {self.layout.parsing_map(phase, name)} not found",
+                                    row=row)
         self.pairs = torch.tensor([[index[s], index[d]] for s, d in pairs], dtype=torch.long)  # [N, 2]
         self.keypoints = torch.from_numpy(
             np.stack([np.asarray(keypoints[n], dtype=np.int64) for n in self.names]))  # [M, 18, 2]
@@ -139,14 +90,11 @@ class PairDataset(torch.utils.data.Dataset):
             self.images = torch.from_numpy(np.stack([self._load_image(i) for i in range(len(self.names))]))
             self.regions = torch.from_numpy(np.stack([self._load_regions(i) for i in range(len(self.names))]))
 
-    def _parsing_path(self, name: str) -> Path:
-        return self.paths["parsing"] / (Path(name).stem + ".png")
-
     def _load_image(self, i: int) -> np.ndarray:
-        return _read_rgb(self.paths["images"] / self.names[i], self.image_size).transpose(2, 0, 1)
+        return read_image(self.layout.image(self.phase, self.names[i]), self.image_size).transpose(2, 0, 1)
 
     def _load_regions(self, i: int) -> np.ndarray:
-        return _read_regions(self._parsing_path(self.names[i]), self.image_size)
+        return read_regions(self.layout.parsing_map(self.phase, self.names[i]), self.image_size)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -171,19 +119,54 @@ class PairDataset(torch.utils.data.Dataset):
                 keypoints = flip_keypoints(keypoints, self.image_size[1])
             sample[f"P{tag}"] = image
             sample[f"K{tag}"] = keypoints
-            sample[f"SP{tag}"] = formats.parsing_onehot(regions.long()[None])[0].float()
+            sample[f"SP{tag}"] = parsing_onehot(regions.long()[None])[0]
             if self.render_pose:
-                sample[f"BP{tag}"] = pose.pose_input(keypoints[None], self.image_size, self.pose_mode,
-                                                     self.pose_sigma)[0]
+                sample[f"BP{tag}"] = pose.pose_input(keypoints[None], self.image_size, self.pose_config.mode,
+                                                     self.pose_config.sigma)[0]
             sample[f"P{tag}_name"] = self.names[i]
         return sample
 
 
-def add_pose_input(batch: dict, image_size: Sequence[int], mode: str = "onehot", sigma: float = 6.0) -> dict:
+def add_pose_input(batch: dict, image_size: Sequence[int], pose_config: PoseConfig) -> dict:
     """Render BP1/BP2 [B, 30, H, W] from K1/K2 [B, 18, 2] for a whole batch (on the batch's device)."""
     for tag in ("1", "2"):
-        batch[f"BP{tag}"] = pose.pose_input(batch[f"K{tag}"], tuple(image_size), mode, sigma)
+        batch[f"BP{tag}"] = pose.pose_input(batch[f"K{tag}"], tuple(image_size), pose_config.mode, pose_config.sigma)
     return batch
+
+
+@dataclass
+class PairBatch:
+    """A collated batch of :class:`PairDataset` samples, named by meaning (what training reads)."""
+
+    source: torch.Tensor                     # [B,3,H,W] in [-1, 1]
+    target: torch.Tensor                     # [B,3,H,W] in [-1, 1]
+    source_parsing: torch.Tensor             # [B,8,H,W] one-hot
+    target_parsing: torch.Tensor             # [B,8,H,W] one-hot
+    target_keypoints: torch.Tensor           # [B,18,2] (y, x), -1 missing
+    target_pose: torch.Tensor | None = None  # [B,30,H,W] pose input; see :meth:`render_target_pose`
+
+    @classmethod
+    def from_collated(cls, batch: dict) -> "PairBatch":
+        return cls(source=batch["P1"], target=batch["P2"], source_parsing=batch["SP1"], target_parsing=batch["SP2"],
+                   target_keypoints=batch["K2"], target_pose=batch.get("BP2"))
+
+    def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> "PairBatch":
+        """Every tensor on ``device``; images and maps [B,C,H,W] in ``memory_format``."""
+        moved = {}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=True)
+                if value.dim() == 4:
+                    value = value.contiguous(memory_format=memory_format)
+            moved[name] = value
+        return PairBatch(**moved)
+
+    def render_target_pose(self, image_size: Sequence[int], pose_config: PoseConfig,
+                           memory_format: torch.memory_format = torch.contiguous_format) -> "PairBatch":
+        """Render ``target_pose`` from ``target_keypoints`` for the whole batch, on the batch's device."""
+        rendered = pose.pose_input(self.target_keypoints, tuple(image_size), pose_config.mode, pose_config.sigma)
+        self.target_pose = rendered.contiguous(memory_format=memory_format)
+        return self
 
 
 class EpochPairSampler(torch.utils.data.Sampler):

@@ -1,34 +1,24 @@
-"""The DeepFashion data layout: names, readers of the list / pairs / annotation files, label tables.
+"""The DeepFashion data layout: raw and prepared paths, names, readers, the region table.
 
-Lowest layer of the package (numpy and the standard library; torch only inside
-:func:`parsing_onehot`). Every reader validates what it reads and reports a bad
-entry as one :class:`~casd.errors.DataError` line naming file, row and problem.
-With ``data.on_error: skip`` the same errors are collected by an
-:class:`ErrorPolicy` instead and written to ``reports/skipped-<stage>.csv``.
-
-``data`` section of params.yaml -> :class:`DataConfig`. Where the raw layout is
-read from (:meth:`DataConfig.raw_dir`):
-
-- ``source: synthetic``: ``data/raw``, written by the ``synth`` stage.
-- ``source: deepfashion``: ``data.root`` (a real DeepFashion folder laid out as
-  in the reference: ``img_highres/``, ``train.lst``, ``test.lst``, the pairs and
-  annotation CSVs, ``semantic_merge3/``). The ``synth`` stage then only
-  validates that folder and writes ``data/raw/SOURCE.json`` (a manifest with a
-  digest of the folder listing), so ``data/raw`` is a DVC dependency of the
-  later stages in both modes.
+Every reader validates what it reads and reports a bad entry as one
+:class:`~casd.errors.DataError` naming file, row and problem; with
+``data.on_error: skip`` an :class:`ErrorPolicy` collects them instead.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import filecmp
 import json
+import os
 import re
 import sys
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, safe_name, write_text
@@ -39,12 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 NUM_KEYPOINTS = 18
 PHASES = ("train", "test")
 
-# Fixed stage outputs (the interface between stages, see dvc.yaml).
-SYNTH_RAW_DIR = Path("data/raw")
-SPLIT_DIR = Path("data/split")
-RESIZED_DIR = Path("data/resized")
-POSE_DIR = Path("data/pose")
-PARSING_DIR = Path("data/parsing")
+SYNTH_RAW_DIR = Path("data/raw")   # the synth stage's output; data.root of the synthetic source
 REPORTS_DIR = Path("reports")
 SOURCE_MANIFEST = "SOURCE.json"
 
@@ -52,7 +37,6 @@ SOURCE_MANIFEST = "SOURCE.json"
 IMAGE_TREE = "img_highres"
 PARSING_TREE = "semantic_merge3"
 GENDERS = ("MEN", "WOMEN")
-VIEWS = ("front", "side", "back", "full", "additional", "flat")
 
 
 def list_file(phase: str) -> str:
@@ -67,52 +51,204 @@ def annotation_file(phase: str) -> str:
     return f"fashion-resize-annotation-{phase}.csv"
 
 
+def raw_file(raw_dir: str | Path, name: str) -> Path:
+    """``raw_dir/name``, accepting the field's release spelling ``fasion-...`` (sic) for ``fashion-...`` files.
+
+    Both spellings present with different contents is an error; neither is "file not found".
+    """
+    raw_dir = Path(raw_dir)
+    path = raw_dir / name
+    if not name.startswith("fashion-"):
+        return path
+    other = raw_dir / ("fasion-" + name[len("fashion-"):])
+    if path.is_file() and other.is_file():
+        if not filecmp.cmp(path, other, shallow=False):
+            raise DataError(other, f"both {path.name} and {other.name} exist and differ; keep the one you mean")
+        return path
+    if other.is_file():
+        return other
+    if not path.is_file():
+        raise DataError(path, f"file not found (nor {other.name}, the spelling of the PATN / ADGAN / CASD releases)")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedLayout:
+    """Where the prepared data lives under ``root`` (``data/``): the interface between the stages.
+
+    >>> PreparedLayout("data").parsing_map("test", "fashionMENDenimid0000008001_1front.jpg").as_posix()
+    'data/parsing/test/fashionMENDenimid0000008001_1front.png'
+    """
+
+    root: Path = Path("data")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def split_dir(self) -> Path:
+        return self.root / "split"
+
+    @property
+    def resized_dir(self) -> Path:
+        return self.root / "resized"
+
+    @property
+    def pose_dir(self) -> Path:
+        return self.root / "pose"
+
+    @property
+    def parsing_dir(self) -> Path:
+        return self.root / "parsing"
+
+    def pairs(self, phase: str) -> Path:
+        """``(from, to)`` CSV of the phase, validated by the split stage."""
+        return self.split_dir / f"pairs-{phase}.csv"
+
+    def images(self, phase: str) -> Path:
+        """Folder of the resized RGB JPEGs (``data.image_size``)."""
+        return self.resized_dir / phase
+
+    def image(self, phase: str, name: str) -> Path:
+        return self.images(phase) / name
+
+    def keypoints(self, phase: str) -> Path:
+        """npz of keypoints (N, 18, 2) (y, x) in the image frame, -1 missing."""
+        return self.pose_dir / f"{phase}.npz"
+
+    def parsing(self, phase: str) -> Path:
+        """Folder of the merged parsing PNGs (region ids 0..7)."""
+        return self.parsing_dir / phase
+
+    def parsing_map(self, phase: str, name: str) -> Path:
+        return self.parsing(phase) / f"{flat_stem(name)}.png"
+
+
+PREPARED = PreparedLayout()
+
 # --------------------------------------------------------------------------- config
+
+RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}
+
 
 @dataclasses.dataclass
 class DataConfig:
-    """The ``data:`` section of params.yaml.
+    """The ``data:`` section of params.yaml (README, "Data formats" and "Switching to real DeepFashion").
 
-    image_size: (H, W) of the prepared images. annotation_size: (H, W) of the
-    frame the annotation CSV coordinates and the LIP parsing maps are in.
-    crop_border: columns cut from the left and from the right, measured in the
-    annotation frame; a raw image of another width loses the same fraction of
-    its width (``round(crop_border * W_raw / W_ann)`` pixels each side).
+    image_size: (H, W) of the prepared images, divisible by 4 (the generator down-samples twice).
+    annotation_size: (H, W) of the frame of the annotation coordinates and the LIP parsing maps.
+    crop_border: columns cut left and right, in annotation pixels (raw images: the same fraction).
+    resize_filter: lanczos | bicubic (PIL's default of ``Image.resize``, what upstream's resize used).
+    keypoint_frame: rescale (annotation frame -> image frame) | as_is (upstream: coordinates unchanged).
+    parsing_frame: annotation (maps at annotation_size, cropped and resized) | image (maps already at
+    image_size, used as they are: upstream's loader).
+    follow_external_links: read links under ``root`` that resolve outside it.
     """
 
     source: str = "synthetic"
-    root: str = "data/deepfashion"
+    root: str = str(SYNTH_RAW_DIR)
     image_size: tuple[int, int] = (64, 44)
     annotation_size: tuple[int, int] = (256, 176)
     crop_border: int = 0
+    resize_filter: str = "lanczos"
+    jpeg_quality: int = 95
+    keypoint_frame: str = "rescale"
+    parsing_frame: str = "annotation"
+    follow_external_links: bool = False
     on_error: str = "fail"
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.source not in ("synthetic", "deepfashion"):
-            raise ConfigError(f"params.yaml [data]: source must be synthetic or deepfashion, got {self.source!r}")
-        if self.on_error not in ("fail", "skip"):
-            raise ConfigError(f"params.yaml [data]: on_error must be fail or skip, got {self.on_error!r}")
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"params.yaml [data]: {key} must be {expected}, got {getattr(self, key)!r}")
+
+        for key, choices in (("source", ("synthetic", "deepfashion")), ("on_error", ("fail", "skip")),
+                             ("resize_filter", tuple(RESIZE_FILTERS)), ("keypoint_frame", ("rescale", "as_is")),
+                             ("parsing_frame", ("annotation", "image"))):
+            if getattr(self, key) not in choices:
+                raise bad(key, " or ".join(choices))
         for key in ("image_size", "annotation_size"):
             value = tuple(getattr(self, key))
-            if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
-                raise ConfigError(f"params.yaml [data]: {key} must be [H, W] positive integers, got {value!r}")
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise bad(key, "[H, W] positive integers")
             setattr(self, key, value)
+        if self.image_size[0] % 4 or self.image_size[1] % 4:
+            raise bad("image_size", "[H, W] divisible by 4 (the generator down-samples twice)")
         if not isinstance(self.crop_border, int) or not 0 <= 2 * self.crop_border < self.annotation_size[1]:
-            raise ConfigError(f"params.yaml [data]: crop_border must be an integer in [0, W_ann/2), "
-                              f"got {self.crop_border!r}")
+            raise bad("crop_border", "an integer in [0, W_ann/2)")
+        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
+            raise bad("jpeg_quality", "an integer in 1..100")
+        if not isinstance(self.follow_external_links, bool):
+            raise bad("follow_external_links", "true or false")
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"params.yaml [data]: workers must be a positive integer, got {self.workers!r}")
-        if self.source == "deepfashion":
-            root = Path(self.root).resolve()
-            synth = SYNTH_RAW_DIR.resolve()
-            if root == synth or synth in root.parents:
-                raise ConfigError("params.yaml [data]: with source: deepfashion, root must lie outside data/raw "
-                                  "(data/raw is the synth stage's DVC output and is rewritten by it)")
+            raise bad("workers", "a positive integer")
+        root, synth = Path(self.root).resolve(), SYNTH_RAW_DIR.resolve()
+        if self.source == "synthetic" and root != synth:
+            raise ConfigError(f"params.yaml [data]: with source: synthetic, root must be {SYNTH_RAW_DIR} (where the "
+                              f"synth stage writes the set), got {self.root!r}")
+        if self.source == "deepfashion" and (root == synth or synth in root.parents):
+            raise ConfigError(f"params.yaml [data]: with source: deepfashion, root must lie outside {SYNTH_RAW_DIR} "
+                              "(the synth stage's output)")
 
     def raw_dir(self) -> Path:
-        """Folder holding the raw DeepFashion layout for the current source."""
-        return Path(self.root) if self.source == "deepfashion" else SYNTH_RAW_DIR
+        """Folder holding the raw DeepFashion layout (``data.root``)."""
+        return Path(self.root)
+
+    def resample(self) -> Image.Resampling:
+        return RESIZE_FILTERS[self.resize_filter]
+
+
+# --------------------------------------------------------------------------- inputs under data.root
+
+class InputGuard:
+    """Resolves input paths under a raw folder; refuses links that leave it unless allowed. Counts links."""
+
+    def __init__(self, root: str | Path, follow_external_links: bool = False):
+        self.root = Path(root)
+        self.real_root = self.root.resolve()
+        self.follow_external_links = follow_external_links
+        self.links = 0
+
+    def resolve(self, path: str | Path) -> Path:
+        """The real path of ``path`` (a file or folder under ``root``); DataError if it resolves outside root."""
+        path = Path(path)
+        real = path.resolve()
+        if not self.follow_external_links and real != self.real_root and self.real_root not in real.parents:
+            raise DataError(path, f"resolves to {real}, outside data.root ({self.root}); not read "
+                                  "(set data.follow_external_links: true to allow links out of data.root)")
+        return real
+
+    def walk(self, top: Path, suffix: str, policy: "ErrorPolicy") -> list[tuple[Path, Path]]:
+        """Files ending in ``suffix`` under ``top``, links to files and folders followed: sorted [(path, real path)].
+
+        A link is counted in :attr:`links`; one leading outside root goes to ``policy``; a folder reached twice
+        (a link cycle) is read once.
+        """
+        found: list[tuple[Path, Path]] = []
+        seen: set[Path] = set()
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            real = folder.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    path = Path(entry.path)
+                    real_path = path
+                    if entry.is_symlink():
+                        self.links += 1
+                        try:
+                            real_path = self.resolve(path)
+                        except DataError as e:
+                            policy.handle(e)
+                            continue
+                    if entry.is_dir():
+                        stack.append(path)
+                    elif entry.name.endswith(suffix) and entry.is_file():
+                        found.append((path, real_path))
+        return sorted(found)
 
 
 # --------------------------------------------------------------------------- errors
@@ -196,15 +332,26 @@ def flat_stem(name: str) -> str:
 
 # --------------------------------------------------------------------------- readers
 
+def _read_text(path: Path, what: str) -> str:
+    """A whole text file, UTF-8 with or without a byte-order mark; whole-file problems name the fix."""
+    if not path.is_file():
+        raise DataError(path, f"{what} not found")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(path, "the file is UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def read_list(path: str | Path, policy: ErrorPolicy | None = None) -> list[str]:
     """``train.lst`` / ``test.lst``: flat names, one a line; only lines ending in ``.jpg`` count."""
     policy = policy or ErrorPolicy()
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "list file not found")
     names: list[str] = []
     seen: set[str] = set()
-    for row, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for row, line in enumerate(_read_text(path, "list file").splitlines(), start=1):
         name = line.strip()
         if not name.endswith(".jpg"):
             continue
@@ -217,15 +364,14 @@ def read_list(path: str | Path, policy: ErrorPolicy | None = None) -> list[str]:
             continue
         seen.add(name)
         names.append(name)
+    if not names:
+        raise DataError(path, "no names ending in .jpg (expected one flat image name a line)")
     return names
 
 
 def _open_csv(path: Path, separator: str, header: list[str]) -> tuple[list[str], list[list[str]]]:
     """Read a small CSV, checking separator and the columns named in ``header``."""
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
+    lines = _read_text(path, "file").splitlines()
     if not lines or not lines[0].strip():
         raise DataError(path, "empty file, expected a header line " + separator.join(header))
     first = lines[0]
@@ -296,7 +442,8 @@ def read_annotations(path: str | Path, frame: tuple[int, int] | None = None,
 
     ``frame`` (H, W): when given, every coordinate must be -1 (missing) or
     inside ``[0, H) x [0, W)``; a joint with only one of y, x missing is
-    treated as missing altogether.
+    treated as missing altogether. A name with two rows is an error and,
+    skipped, has no keypoints.
     """
     policy = policy or ErrorPolicy()
     path = Path(path)
@@ -304,6 +451,7 @@ def read_annotations(path: str | Path, frame: tuple[int, int] | None = None,
     columns, rows = _open_csv(path, ":", header)
     index = [columns.index(c) for c in header]
     out: dict[str, np.ndarray] = {}
+    seen: set[str] = set()
     for row, values in enumerate(rows, start=2):
         if not values or all(not v.strip() for v in values):
             continue
@@ -312,8 +460,10 @@ def read_annotations(path: str | Path, frame: tuple[int, int] | None = None,
                 raise DataError(path, f"{len(values)} fields, expected {len(columns)} (separator ':')", row)
             name, ys, xs = (values[i].strip() for i in index)
             safe_name(name, path, row)
-            if name in out:
-                raise DataError(path, f"{name} annotated twice", row)
+            if name in seen:
+                out.pop(name, None)
+                raise DataError(path, f"{name} annotated twice (each image needs exactly one row)", row)
+            seen.add(name)
             kp = np.stack([parse_keypoint_list(ys, path, row, "keypoints_y"),
                            parse_keypoint_list(xs, path, row, "keypoints_x")], axis=1).astype(np.int64)
             missing = (kp == -1).any(axis=1)
@@ -369,9 +519,6 @@ def write_annotations(path: str | Path, keypoints: dict[str, np.ndarray]) -> Non
 
 # --------------------------------------------------------------------------- parsing labels
 
-LIP_NAMES = ("background", "hat", "hair", "glove", "sunglasses", "upper_clothes", "dress", "coat", "socks",
-             "pants", "jumpsuits", "scarf", "skirt", "face", "left_arm", "right_arm", "left_leg", "right_leg",
-             "left_shoe", "right_shoe")
 REGION_NAMES = ("background", "pants", "hair", "glove", "face", "upper_clothes", "arms", "legs")
 NUM_REGIONS = len(REGION_NAMES)
 
@@ -398,11 +545,6 @@ LIP_TO_REGION = np.array([0,   # background
                           7],  # right shoe
                          dtype=np.uint8)
 
-# LIP id of the mirrored label under a horizontal flip (left/right arm, leg, shoe swap).
-LIP_FLIP = np.arange(20, dtype=np.uint8)
-LIP_FLIP[[14, 15, 16, 17, 18, 19]] = [15, 14, 17, 16, 19, 18]
-
-
 def merge_parsing(lip: np.ndarray) -> np.ndarray:
     """LIP-20 label map (any shape, ids 0..19) -> merged region ids 0..7, one table lookup."""
     return LIP_TO_REGION[lip]
@@ -414,3 +556,42 @@ def parsing_onehot(ids: "torch.Tensor") -> "torch.Tensor":
     if ids.dtype.is_floating_point or ids.dim() != 3:
         raise ValueError(f"parsing_onehot expects integer ids [B, H, W], got {tuple(ids.shape)} {ids.dtype}")
     return torch.nn.functional.one_hot(ids.long(), NUM_REGIONS).permute(0, 3, 1, 2).float()
+
+
+# --------------------------------------------------------------------------- prepared files
+
+def _resized(img: Image.Image, path: Path, size: tuple[int, int] | None, resize: Image.Resampling | None,
+             what: str) -> Image.Image:
+    if size is None or img.size == (size[1], size[0]):
+        return img
+    if resize is None:
+        raise DataError(path, f"{what} is {img.height}x{img.width}, expected {size[0]}x{size[1]} (data.image_size); "
+                              "rerun the data stages")
+    return img.resize((size[1], size[0]), resize)
+
+
+def read_image(path: str | Path, size: tuple[int, int] | None = None,
+               resize: Image.Resampling | None = None) -> np.ndarray:
+    """Image file -> RGB uint8 (H, W, 3). ``size`` (H, W): required size, or resampled with ``resize``."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return np.array(_resized(img.convert("RGB"), path, size, resize, "image"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(path, f"cannot read image ({e})") from None
+
+
+def read_regions(path: str | Path, size: tuple[int, int] | None = None, resize: bool = False) -> np.ndarray:
+    """PNG of merged region ids -> uint8 (H, W) in 0..7. ``size``: required size, or nearest-resized to it."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(path, f"parsing must be a single-channel PNG of region ids, got mode {img.mode}")
+            ids = np.asarray(_resized(img, path, size, Image.Resampling.NEAREST if resize else None, "parsing map"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(path, f"cannot read parsing map ({e})") from None
+    if ids.size and (int(ids.max()) >= NUM_REGIONS or int(ids.min()) < 0):
+        raise DataError(path, f"region id {int(ids.max())} outside the merged ids 0..{NUM_REGIONS - 1} "
+                              f"({', '.join(REGION_NAMES)}); LIP-20 maps must be merged first (the segment stage)")
+    return ids.astype(np.uint8)

@@ -1,34 +1,9 @@
-"""Keypoints: the ``pose`` stage (annotation CSV -> compact npz) and the batched pose / limb maps.
+"""Keypoints: the ``pose`` stage (annotation CSV -> compact npz) and the batched keypoint and limb maps.
 
-Stage output ``data/pose/{train,test}.npz``: ``names`` (N,) str and
-``keypoints`` (N, 18, 2) int16, (y, x) in the ``data.image_size`` frame,
--1 for a missing joint: 72 bytes of keypoints per image (under 50 bytes
-compressed, name included) instead of upstream's dense H x W x 18 ``.npy``
-maps (811 KB each at 256x176). The maps are rendered on the fly by
-:func:`pose_input`, batched in torch (benchmarks/bench_data.py measures both).
-
-Coordinate rule (:func:`casd.data.layout.rescale_keypoints`; annotation frame
-(H_ann, W_ann) -> image frame (H, W), crop border c in annotation pixels,
-W_c = W_ann - 2c)::
-
-    y' = round((y + 0.5) * H / H_ann - 0.5)
-    x' = round((x - c + 0.5) * W / W_c - 0.5)
-
-i.e. pixel centres map onto pixel centres, exactly as the image resampling
-does; results are clipped into [0, H-1] x [0, W-1]. A joint that the crop
-cuts away (x < c or x >= W_ann - c) becomes missing; -1 stays -1. With equal
-frames and no crop the rule is the identity.
-
-Maps (upstream ``util/util.py`` semantics, 0-based OpenPose-COCO indices):
-
-- :func:`pose_maps` ``onehot``: a single 1 at each joint pixel (what upstream's
-  uint8 Gaussian truncates to; the released weights were trained on it);
-  ``gaussian``: exp(-d^2 / (2 sigma^2)) as float. Missing joint: all zeros.
-- :func:`limb_maps`: per limb (a, b) in :data:`LIMBS`, exp(-0.1 * distance from
-  the pixel to the infinite line through the two joints); zeros where a joint
-  is missing. Degenerate limb (both joints on the same pixel): the line is
-  undefined, so the distance to that point is used instead (upstream writes
-  one scalar over the whole map there, an accident of its code).
+Stage output ``data/pose/{train,test}.npz``: ``names`` (N,) str and ``keypoints`` (N, 18, 2) int16,
+(y, x) in the ``data.image_size`` frame (:func:`casd.data.layout.rescale_keypoints`, or as annotated with
+``data.keypoint_frame: as_is``), -1 for a missing joint. Maps follow upstream's ``util/util.py``; a
+limb whose two joints fall on one pixel uses the distance to that point (upstream: one scalar).
 """
 
 from __future__ import annotations
@@ -43,9 +18,9 @@ from tqdm import tqdm
 
 from casd.config import from_dict, load_params
 from casd.errors import ConfigError, DataError
-from casd.fileio import atomic_path
-from casd.data.layout import (NUM_KEYPOINTS, PHASES, POSE_DIR, REPORTS_DIR, DataConfig, ErrorPolicy, annotation_file,
-                          read_annotations, rescale_keypoints)
+from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt
+from casd.data.layout import (NUM_KEYPOINTS, PHASES, PREPARED, REPORTS_DIR, DataConfig, ErrorPolicy, InputGuard,
+                              annotation_file, raw_file, read_annotations, rescale_keypoints)
 
 KEYPOINT_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
                   "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
@@ -209,25 +184,29 @@ def pose_input(keypoints: torch.Tensor, size: tuple[int, int], mode: str = "oneh
 # --------------------------------------------------------------------------- stage
 
 def extract_pose(data: DataConfig, pose: PoseConfig, raw_dir: str | Path | None = None,
-                 out_dir: str | Path = POSE_DIR, reports_dir: str | Path = REPORTS_DIR) -> dict[str, int]:
+                 out_dir: str | Path = PREPARED.pose_dir, reports_dir: str | Path = REPORTS_DIR) -> dict[str, int]:
     """Annotation CSVs of ``raw_dir`` -> ``<out_dir>/{train,test}.npz``; returns {phase: images written}.
 
-    Bad rows (wrong separator or columns, lists of the wrong length, non-integer
-    values, coordinates outside the annotation frame, unsafe names) raise a
-    :class:`DataError`, or are skipped and listed in ``reports/skipped-pose.csv``
-    with ``data.on_error: skip``. With ``pose.export_upstream_npy`` each image
+    Bad rows raise a :class:`DataError`, or are skipped and listed in
+    ``reports/skipped-pose.csv`` with ``data.on_error: skip``. With ``pose.export_upstream_npy`` each image
     also gets ``<out_dir>/<phase>K/<name>.npy`` (H x W x 18 uint8 one-hot), the
     dense format upstream's loader reads.
     """
     raw_dir = Path(raw_dir) if raw_dir is not None else data.raw_dir()
     out_dir = Path(out_dir)
     policy = ErrorPolicy(data.on_error)
+    guard = InputGuard(raw_dir, data.follow_external_links)
     counts: dict[str, int] = {}
     for phase in PHASES:
-        annotations = read_annotations(raw_dir / annotation_file(phase), frame=data.annotation_size, policy=policy)
+        path = raw_file(raw_dir, annotation_file(phase))
+        guard.resolve(path)
+        annotations = read_annotations(path, frame=data.annotation_size, policy=policy)
         names = sorted(annotations)
         stacked = np.stack([annotations[n] for n in names]) if names else np.zeros((0, NUM_KEYPOINTS, 2), np.int64)
-        keypoints = rescale_keypoints(stacked, data.annotation_size, data.image_size, data.crop_border)
+        if data.keypoint_frame == "as_is":  # upstream: annotation coordinates drawn into the image frame unchanged
+            keypoints = stacked.astype(np.int16)
+        else:
+            keypoints = rescale_keypoints(stacked, data.annotation_size, data.image_size, data.crop_border)
         with atomic_path(out_dir / f"{phase}.npz") as tmp:
             np.savez_compressed(tmp, names=np.array(names, dtype=str), keypoints=keypoints)
         if pose.export_upstream_npy:
@@ -241,13 +220,17 @@ def export_upstream_npy(names: list[str], keypoints: np.ndarray, size: tuple[int
                         batch: int = 64) -> None:
     """Write upstream's ``<name>.npy`` dense one-hot maps (H x W x 18 uint8), batched."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for start in tqdm(range(0, len(names), batch), desc=f"upstream npy {out_dir.name}", unit="batch",
-                      disable=None):
-        maps = pose_maps(torch.from_numpy(keypoints[start:start + batch].astype(np.int64)), size, "onehot")
-        dense = maps.permute(0, 2, 3, 1).to(torch.uint8).numpy()
-        for name, array in zip(names[start:start + batch], dense):
-            with atomic_path(out_dir / f"{name}.npy") as tmp:
-                np.save(tmp, array)
+    try:
+        with sigterm_as_interrupt():
+            for start in tqdm(range(0, len(names), batch), desc=f"upstream npy {out_dir.name}", unit="batch",
+                              disable=None):
+                maps = pose_maps(torch.from_numpy(keypoints[start:start + batch].astype(np.int64)), size, "onehot")
+                dense = maps.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+                for name, array in zip(names[start:start + batch], dense):
+                    with atomic_path(out_dir / f"{name}.npy") as tmp:
+                        np.save(tmp, array)
+    finally:
+        remove_temp_files(out_dir)
 
 
 def run_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
@@ -256,7 +239,7 @@ def run_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
     data = from_dict(DataConfig, params.get("data"), "data")
     pose = from_dict(PoseConfig, params.get("pose"), "pose")
     counts = extract_pose(data, pose)
-    print(f"pose: {counts.get('train', 0)} train, {counts.get('test', 0)} test keypoint sets -> {POSE_DIR}")
+    print(f"pose: {counts.get('train', 0)} train, {counts.get('test', 0)} test keypoint sets -> {PREPARED.pose_dir}")
     return counts
 
 

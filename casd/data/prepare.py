@@ -1,33 +1,18 @@
-"""File-level data preparation stages: split, resize, segment (parallel, atomic, idempotent).
-
-- :func:`split`: ``img_highres`` + ``train.lst`` / ``test.lst`` ->
-  ``data/split/{train,test}/<flat name>.jpg`` (hard links where the file
-  system allows, copies otherwise) and validated pairs copies
-  ``data/split/pairs-{train,test}.csv``. Listed names missing from the tree
-  and images in neither list are warnings, written to ``reports/split.json``.
-- :func:`resize`: ``data/split`` -> ``data/resized/{train,test}`` at
-  ``data.image_size``, after cutting ``data.crop_border`` columns left and
-  right (annotation-frame pixels, scaled to the raw width), Lanczos resampling.
-- :func:`segment`: ``semantic_merge3/<stem>.png`` (LIP-20 ids, annotation frame)
-  of every split image -> ``data/parsing/{train,test}/<stem>.png`` with the
-  8 merged region ids (:data:`casd.data.layout.LIP_TO_REGION`), same crop,
-  nearest-neighbour resize.
-
-Every output file is written atomically; an output already newer than its
-input (and made with the same settings, recorded in a hidden stamp file) is
-skipped, and outputs without an input any more are removed. Bad input raises
-a :class:`~casd.errors.DataError` naming file / row / problem, or with
-``data.on_error: skip`` is listed in ``reports/skipped-<stage>.csv``.
-"""
+"""The split, resize and segment stages: parallel, atomic, skipping only inputs whose content is unchanged."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import filecmp
+import hashlib
+import io
 import json
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -38,20 +23,18 @@ from tqdm import tqdm
 
 from casd.config import from_dict, load_params
 from casd.errors import DataError
-from casd.fileio import atomic_path, write_json
-from casd.data.layout import (IMAGE_TREE, PARSING_DIR, PARSING_TREE, PHASES, POSE_DIR, REPORTS_DIR, RESIZED_DIR,
-                          SPLIT_DIR, DataConfig, ErrorPolicy, LIP_TO_REGION, flat_name, flat_stem, list_file,
-                          pairs_file, read_list, read_pairs_rows, write_pairs)
+from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json
+from casd.data.layout import (IMAGE_TREE, LIP_TO_REGION, PARSING_TREE, PHASES, PREPARED, REPORTS_DIR, DataConfig,
+                              ErrorPolicy, InputGuard, annotation_file, flat_name, flat_stem, list_file, pairs_file,
+                              raw_file, read_annotations, read_list, read_pairs_rows, write_pairs)
 
-JPEG_QUALITY = 95
-STAMP = ".settings.json"
+MANIFEST = ".inputs.json"   # settings + content digest of the input of every output in the folder
+SOURCES = "sources.csv"     # data/split/sources.csv: phase, flat name, the file under data.root it came from
 MAX_WARNINGS = 5
 
-# An error found in a worker travels back as (file, row, problem).
-Problem = tuple[str, "int | None", str]
+# What a worker returns: (output name, input digest or None, problem (file, row, message) or None).
+Result = tuple[str, "str | None", "tuple[str, int | None, str] | None"]
 
-
-# --------------------------------------------------------------------------- helpers
 
 def _warn(message: str, names: list[str]) -> None:
     if names:
@@ -59,131 +42,173 @@ def _warn(message: str, names: list[str]) -> None:
         print(f"warning: {message}: {shown}", file=sys.stderr)
 
 
-def _up_to_date(source: Path, target: Path) -> bool:
-    try:
-        return target.stat().st_mtime_ns >= source.stat().st_mtime_ns
-    except FileNotFoundError:
-        return False
-
-
-def _remove_stale(folder: Path, keep: set[str], suffix: str) -> int:
-    removed = 0
+def _remove_stale(folder: Path, keep: set[str], suffix: str) -> None:
     if folder.is_dir():
         for path in folder.glob(f"*{suffix}"):
             if path.name not in keep:
                 path.unlink()
-                removed += 1
-    return removed
 
 
-def _check_stamp(folder: Path, settings: dict) -> bool:
-    """True when ``folder`` was last completed with ``settings``; otherwise forget the stamp (redo everything)."""
-    stamp = folder / STAMP
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _load_manifest(folder: Path, settings: dict) -> dict[str, str]:
+    """{output name: input digest} of the outputs in ``folder`` made with ``settings``; {} otherwise."""
     try:
-        if json.loads(stamp.read_text(encoding="utf-8")) == settings:
-            return True
-    except (OSError, ValueError):
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("settings") == settings:
+            return dict(manifest["inputs"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    stamp.unlink(missing_ok=True)
-    return False
+    return {}
 
 
-def _run_jobs(function: Callable[[tuple], Problem | None], jobs: list[tuple], workers: int, desc: str,
-              policy: ErrorPolicy, threads: bool = False) -> int:
-    """Run ``function`` over ``jobs`` in parallel; each returned problem goes to ``policy``. Returns problems seen."""
-    problems = 0
+def _worker_init() -> None:
+    # Pool.terminate() sends SIGTERM: unwind, so that atomic_path removes the worker's temporary file.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _run_jobs(function: Callable[[tuple], Result], jobs: list[tuple], workers: int, desc: str,
+              policy: ErrorPolicy, done: dict[str, str], threads: bool = False) -> None:
+    """Run ``function`` over ``jobs`` in parallel; problems go to ``policy``, finished outputs' digests to ``done``.
+
+    A failure, Ctrl-C or SIGTERM stops the pool; the caller removes what the killed writers left
+    (:func:`casd.fileio.remove_temp_files`) and records ``done`` so that a rerun skips it.
+    """
     progress = tqdm(total=len(jobs), desc=desc, unit="file", disable=None)
 
-    def consume(results: Iterable[Problem | None]) -> None:
-        nonlocal problems
-        for problem in results:
+    def consume(results) -> None:
+        for name, digest, problem in results:
             progress.update()
             if problem is not None:
-                problems += 1
-                file, row, message = problem
-                policy.handle(DataError(file, message, row))
+                policy.handle(DataError(problem[0], problem[2], problem[1]))
+            elif digest is not None:
+                done[name] = digest
 
     try:
-        if workers <= 1 or len(jobs) < 2:
-            consume(map(function, jobs))
-        else:
-            pool_class = ThreadPool if threads else get_context("fork").Pool
-            with pool_class(min(workers, len(jobs))) as pool:
-                consume(pool.imap_unordered(function, jobs, chunksize=max(1, min(64, len(jobs) // (8 * workers)))))
+        with sigterm_as_interrupt():
+            if workers <= 1 or len(jobs) < 2:
+                consume(map(function, jobs))
+            elif threads:
+                with ThreadPool(min(workers, len(jobs))) as pool:
+                    consume(pool.imap_unordered(function, jobs, chunksize=8))
+            else:
+                with get_context("fork").Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
+                    consume(pool.imap_unordered(function, jobs, chunksize=max(1, min(64, len(jobs) // (8 * workers)))))
     finally:
         progress.close()
-    return problems
 
 
-def _crop_columns(width: int, data: DataConfig) -> int:
-    """Columns to cut on each side of an image ``width`` wide (crop_border is in annotation pixels)."""
-    return int(round(data.crop_border * width / data.annotation_size[1]))
+def _finish(folder: Path, settings: dict, done: dict[str, str], keep: set[str]) -> None:
+    """Record the digests of the outputs kept in ``folder``; remove killed writers' temporary files."""
+    remove_temp_files(folder)
+    write_json(folder / MANIFEST, {"settings": settings, "inputs": {k: v for k, v in sorted(done.items()) if k in keep}})
 
 
 # --------------------------------------------------------------------------- split
 
-def _place(job: tuple[str, str]) -> Problem | None:
-    """Hard-link (or copy) one image to its flat name, atomically; skip it if already in place."""
-    source, target = Path(job[0]), Path(job[1])
+def _place(job: tuple[str, str, str]) -> Result:
+    """Hard-link (or copy) one image to its flat name, atomically, unless the same content is there."""
+    real, shown, target = job
+    name = os.path.basename(target)
     try:
-        if target.exists() and (os.path.samefile(source, target) or (
-                target.stat().st_size == source.stat().st_size and _up_to_date(source, target))):
-            return None
+        if os.path.exists(target) and (os.path.samefile(real, target) or filecmp.cmp(real, target, shallow=False)):
+            return name, "", None
         with atomic_path(target) as tmp:
             tmp.unlink()
             try:
-                os.link(source, tmp)
+                os.link(real, tmp)
             except OSError:
-                shutil.copy2(source, tmp)
+                shutil.copyfile(real, tmp)
     except OSError as e:
-        return str(source), None, f"cannot link or copy: {e.strerror or e}"
-    return None
+        return name, None, (shown, None, f"cannot link or copy: {e.strerror or e}")
+    return name, "", None
 
 
-def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Path = SPLIT_DIR,
+def read_sources(split_dir: str | Path = PREPARED.split_dir) -> dict[str, str]:
+    """{flat name: the file under data.root it was split from} (``data/split/sources.csv``), {} when absent."""
+    path = Path(split_dir) / SOURCES
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["name"]: row["source"] for row in csv.DictReader(f)}
+
+
+def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Path = PREPARED.split_dir,
           reports_dir: str | Path = REPORTS_DIR) -> dict[str, object]:
-    """Place every listed image under ``<out_dir>/<phase>/<flat name>`` and write validated pairs CSVs.
+    """Place every listed, present, annotated image under ``<out_dir>/<phase>/<flat name>``; validated pairs CSVs.
 
-    Returns a summary: per phase, images listed / placed and pairs kept; names
-    listed but absent from the tree; images in neither list.
+    An image listed but absent from ``img_highres/``, or without exactly one annotation row, is an error
+    (skipped with its pairs under ``on_error: skip``). Links are followed, files and folders alike; one
+    resolving outside the raw folder is refused unless ``data.follow_external_links``. Returns a summary.
     """
     raw_dir = Path(raw_dir) if raw_dir is not None else data.raw_dir()
     out_dir = Path(out_dir)
     policy = ErrorPolicy(data.on_error)
+    guard = InputGuard(raw_dir, data.follow_external_links)
     tree = raw_dir / IMAGE_TREE
     if not tree.is_dir():
         raise DataError(tree, "image tree not found")
+    guard.resolve(tree)
 
-    lists = {phase: read_list(raw_dir / list_file(phase), policy) for phase in PHASES}
+    list_paths = {phase: raw_dir / list_file(phase) for phase in PHASES}
+    lists = {}
+    for phase, path in list_paths.items():
+        guard.resolve(path)
+        lists[phase] = read_list(path, policy)
     in_train = set(lists["train"])
     for name in [n for n in lists["test"] if n in in_train]:
-        policy.handle(DataError(raw_dir / list_file("test"), f"{name} is listed in train.lst too (train and test "
-                                                              "must be disjoint); dropped from test"))
+        policy.handle(DataError(list_paths["test"], f"{name} is listed in train.lst too (train and test must be "
+                                                    "disjoint); dropped from test"))
     lists["test"] = [n for n in lists["test"] if n not in in_train]
 
-    found: dict[str, Path] = {}
-    for path in sorted(tree.rglob("*.jpg")):
+    found: dict[str, tuple[Path, Path]] = {}   # flat name -> (path under raw_dir, real path)
+    for path, real in guard.walk(tree, ".jpg", policy):
         try:
             name = flat_name(path.relative_to(tree))
             if name in found:
-                raise DataError(path, f"flat name {name} already taken by {found[name]}")
+                raise DataError(path, f"flat name {name} already taken by {found[name][0]}")
         except DataError as e:
             policy.handle(e)
             continue
-        found[name] = path
+        found[name] = (path, real)
 
     summary: dict[str, object] = {}
     placed: dict[str, set[str]] = {}
+    skipped: dict[str, str] = {}   # image -> why it is not placed (named by the pairs it takes along)
+    sources: list[tuple[str, str, str]] = []
     for phase in PHASES:
-        names = [n for n in lists[phase] if n in found]
-        missing = [n for n in lists[phase] if n not in found]
-        _warn(f"{phase}.lst names missing from {tree}", missing)
-        jobs = [(str(found[n]), str(out_dir / phase / n)) for n in names]
-        problems = _run_jobs(_place, jobs, data.workers, f"split {phase}", policy, threads=True)
-        placed[phase] = {n for n in names if (out_dir / phase / n).is_file()}
-        _remove_stale(out_dir / phase, placed[phase], ".jpg")
-        summary[phase] = {"listed": len(lists[phase]), "placed": len(placed[phase]), "missing_from_tree": missing,
-                          "failed": problems}
+        names = []
+        for name in lists[phase]:
+            if name in found:
+                names.append(name)
+                continue
+            skipped[name] = f"listed in {list_file(phase)} but not under {IMAGE_TREE}/"
+            policy.handle(DataError(list_paths[phase], f"{name} is listed but no image under {tree} has that flat "
+                                                       "name"))
+        annotation_path = raw_file(raw_dir, annotation_file(phase))
+        guard.resolve(annotation_path)
+        annotated = read_annotations(annotation_path, data.annotation_size, policy)
+        for name in [n for n in names if n not in annotated]:
+            skipped[name] = f"no valid row in {annotation_path.name}"
+            policy.handle(DataError(annotation_path, f"{name} (in {list_file(phase)}) has no valid row; every listed "
+                                                     "image needs exactly one"))
+        names = [n for n in names if n in annotated]
+
+        target_dir = out_dir / phase
+        done: dict[str, str] = {}
+        try:
+            jobs = [(str(found[n][1]), str(found[n][0]), str(target_dir / n)) for n in names]
+            _run_jobs(_place, jobs, data.workers, f"split {phase}", policy, done, threads=True)
+        finally:
+            remove_temp_files(target_dir)
+        placed[phase] = set(done)
+        for name in set(names) - placed[phase]:
+            skipped[name] = f"could not be placed from {found[name][0]}"
+        _remove_stale(target_dir, placed[phase], ".jpg")
+        sources += [(phase, n, str(found[n][0])) for n in names if n in placed[phase]]
+        summary[phase] = {"listed": len(lists[phase]), "placed": len(placed[phase])}
 
     listed = set(lists["train"]) | set(lists["test"]) | in_train
     unlisted = sorted(n for n in found if n not in listed)
@@ -191,16 +216,24 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
     summary["unlisted"] = unlisted
 
     for phase in PHASES:
-        source = raw_dir / pairs_file(phase)
+        source = raw_file(raw_dir, pairs_file(phase))
+        guard.resolve(source)
         pairs = []
         for row, a, b in read_pairs_rows(source, policy):
             absent = [n for n in (a, b) if n not in placed[phase]]
             if absent:
-                policy.handle(DataError(source, f"{' and '.join(absent)} not among the {phase} images", row))
+                why = "; ".join(f"{n} {skipped.get(n, f'is not among the {phase} images')}" for n in absent)
+                policy.handle(DataError(source, f"pair dropped: {why}", row))
                 continue
             pairs.append((a, b))
         write_pairs(out_dir / f"pairs-{phase}.csv", pairs)
         summary[phase]["pairs"] = len(pairs)  # type: ignore[index]
+    with atomic_path(out_dir / SOURCES) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["phase", "name", "source"])
+        writer.writerows(sources)
+    summary["links"] = guard.links
+    summary["skipped"] = len(policy.skipped)
     write_json(Path(reports_dir) / "split.json", summary)
     policy.write_report("split", reports_dir)
     return summary
@@ -208,140 +241,154 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
 
 # --------------------------------------------------------------------------- resize
 
-def _resize_one(job: tuple[str, str, tuple[int, int], int, int]) -> Problem | None:
-    """Decode, crop, resample (Lanczos) and write one image atomically."""
-    source, target, size, crop_border, annotation_width = job
+def _resize_one(job: tuple) -> Result:
+    """Decode, crop, resample and write one image atomically, unless its input digest is the recorded one."""
+    source, target, shown, known, size, crop_border, annotation_width, resample, quality = job
+    name = os.path.basename(target)
     try:
-        with Image.open(source) as image:
+        data = Path(source).read_bytes()
+    except OSError as e:
+        return name, None, (shown, None, f"cannot read: {e.strerror or e}")
+    digest = _digest(data)
+    if digest == known and os.path.isfile(target):
+        return name, digest, None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             image = image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return source, None, f"corrupt or truncated image ({e})"
+        return name, None, (shown, None, f"corrupt or truncated image ({e})")
     width, height = image.size
     cut = int(round(crop_border * width / annotation_width))
     if cut:
         image = image.crop((cut, 0, width - cut, height))
-    image = image.resize((size[1], size[0]), Image.LANCZOS, reducing_gap=3.0)
+    # Lanczos with a reducing gap (fast, alias-free); bicubic exactly as PIL's Image.resize default (upstream).
+    gap = 3.0 if resample == Image.Resampling.LANCZOS else None
+    image = image.resize((size[1], size[0]), resample, reducing_gap=gap)
     with atomic_path(target) as tmp:
-        image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-    return None
+        image.save(tmp, format="JPEG", quality=quality)
+    return name, digest, None
 
 
-def resize(data: DataConfig, split_dir: str | Path = SPLIT_DIR, out_dir: str | Path = RESIZED_DIR,
+def resize(data: DataConfig, split_dir: str | Path = PREPARED.split_dir, out_dir: str | Path = PREPARED.resized_dir,
            reports_dir: str | Path = REPORTS_DIR) -> dict[str, int]:
     """``<split_dir>/<phase>/*.jpg`` -> ``<out_dir>/<phase>/`` at ``data.image_size``; returns {phase: images}."""
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     policy = ErrorPolicy(data.on_error)
     settings = {"image_size": list(data.image_size), "crop_border": data.crop_border,
-                "annotation_size": list(data.annotation_size), "quality": JPEG_QUALITY}
+                "annotation_size": list(data.annotation_size), "filter": data.resize_filter,
+                "quality": data.jpeg_quality}
+    shown = read_sources(split_dir)
     counts = {}
     for phase in PHASES:
-        sources = sorted((split_dir / phase).glob("*.jpg"))
         if not (split_dir / phase).is_dir():
             raise DataError(split_dir / phase, "folder not found (run the split stage first)")
+        sources = sorted((split_dir / phase).glob("*.jpg"))
         target_dir = out_dir / phase
-        current = _check_stamp(target_dir, settings)
-        jobs = [(str(s), str(target_dir / s.name), data.image_size, data.crop_border, data.annotation_size[1])
-                for s in sources if not (current and _up_to_date(s, target_dir / s.name))]
         target_dir.mkdir(parents=True, exist_ok=True)
-        _run_jobs(_resize_one, jobs, data.workers, f"resize {phase}", policy)
-        _remove_stale(target_dir, {s.name for s in sources if (target_dir / s.name).is_file()}, ".jpg")
-        bad = {Path(p[0]).name for p in policy.skipped}
-        for name in bad:  # a skipped (bad) input leaves no output, not an old one
-            (target_dir / name).unlink(missing_ok=True)
-        write_json(target_dir / STAMP, settings)
-        counts[phase] = sum(1 for s in sources if (target_dir / s.name).is_file())
+        known = _load_manifest(target_dir, settings)
+        (target_dir / MANIFEST).unlink(missing_ok=True)
+        jobs = [(str(s), str(target_dir / s.name), shown.get(s.name, str(s)), known.get(s.name), data.image_size,
+                 data.crop_border, data.annotation_size[1], data.resample(), data.jpeg_quality) for s in sources]
+        done: dict[str, str] = {}
+        try:
+            _run_jobs(_resize_one, jobs, data.workers, f"resize {phase}", policy, done)
+        finally:
+            _finish(target_dir, settings, done, {s.name for s in sources})
+        _remove_stale(target_dir, set(done), ".jpg")  # a bad input leaves no output, not an old one
+        counts[phase] = len(done)
     policy.write_report("resize", reports_dir)
     return counts
 
 
 # --------------------------------------------------------------------------- segment
 
-def _segment_one(job: tuple[str, str, tuple[int, int], tuple[int, int], int]) -> Problem | None:
-    """Validate one LIP-20 map, merge it to 8 regions, crop, resize (nearest) and write it atomically."""
-    source, target, size, annotation_size, crop_border = job
-    if not os.path.isfile(source):
-        return source, None, "parsing map not found"
+def _segment_one(job: tuple) -> Result:
+    """Validate one LIP-20 map, merge it to 8 regions, fit it to the image frame and write it atomically."""
+    source, target, known, size, expected, crop_border, frame_key = job
+    name = os.path.basename(target)
     try:
-        with Image.open(source) as image:
+        data = Path(source).read_bytes()
+    except FileNotFoundError:
+        return name, None, (source, None, "parsing map not found")
+    except OSError as e:
+        return name, None, (source, None, f"cannot read: {e.strerror or e}")
+    digest = _digest(data)
+    if digest == known and os.path.isfile(target):
+        return name, digest, None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode = image.mode
             labels = np.asarray(image)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return source, None, f"corrupt or truncated parsing map ({e})"
+        return name, None, (source, None, f"corrupt or truncated parsing map ({e})")
     if labels.ndim != 2 or mode not in ("L", "P", "I", "I;16"):
-        return source, None, f"parsing map has mode {mode}, expected one channel of label ids (L or P)"
-    if labels.shape != tuple(annotation_size):
-        return (source, None, f"parsing map is {labels.shape[0]}x{labels.shape[1]} (HxW), expected "
-                              f"{annotation_size[0]}x{annotation_size[1]} (data.annotation_size)")
+        return name, None, (source, None, f"parsing map has mode {mode}, expected one channel of label ids (L or P)")
+    if labels.shape != tuple(expected):
+        return name, None, (source, None, f"parsing map is {labels.shape[0]}x{labels.shape[1]} (HxW), expected "
+                                          f"{expected[0]}x{expected[1]} ({frame_key})")
     top = int(labels.max()) if labels.size else 0
     if top > 19 or int(labels.min()) < 0:
-        return source, None, f"label {top} outside the LIP ids 0..19"
+        return name, None, (source, None, f"label {top} outside the LIP ids 0..19")
     regions = LIP_TO_REGION[labels.astype(np.intp)]
     if crop_border:
-        regions = regions[:, crop_border:annotation_size[1] - crop_border]
-    resized = Image.fromarray(np.ascontiguousarray(regions), "L").resize((size[1], size[0]), Image.NEAREST)
+        regions = regions[:, crop_border:expected[1] - crop_border]
+    result = Image.fromarray(np.ascontiguousarray(regions), "L")
+    if result.size != (size[1], size[0]):
+        result = result.resize((size[1], size[0]), Image.Resampling.NEAREST)
     with atomic_path(target) as tmp:
-        resized.save(tmp, format="PNG")
-    return None
+        result.save(tmp, format="PNG")
+    return name, digest, None
 
 
-def segment(data: DataConfig, raw_dir: str | Path | None = None, split_dir: str | Path = SPLIT_DIR,
-            out_dir: str | Path = PARSING_DIR, reports_dir: str | Path = REPORTS_DIR) -> dict[str, int]:
-    """Merged parsing maps for every split image -> ``<out_dir>/<phase>/<stem>.png``; returns {phase: maps}."""
+def segment(data: DataConfig, raw_dir: str | Path | None = None, split_dir: str | Path = PREPARED.split_dir,
+            out_dir: str | Path = PREPARED.parsing_dir, reports_dir: str | Path = REPORTS_DIR) -> dict[str, int]:
+    """Merged parsing maps for every split image -> ``<out_dir>/<phase>/<stem>.png``; returns {phase: maps}.
+
+    ``data.parsing_frame: annotation``: maps at ``annotation_size``, border-cropped, nearest-resized;
+    ``image``: maps already at ``image_size``, merged only (upstream's loader).
+    """
     raw_dir = Path(raw_dir) if raw_dir is not None else data.raw_dir()
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     policy = ErrorPolicy(data.on_error)
-    settings = {"image_size": list(data.image_size), "crop_border": data.crop_border,
-                "annotation_size": list(data.annotation_size)}
+    guard = InputGuard(raw_dir, data.follow_external_links)
+    as_image = data.parsing_frame == "image"
+    expected = data.image_size if as_image else data.annotation_size
+    frame_key = "data.image_size, data.parsing_frame: image" if as_image else "data.annotation_size"
+    crop_border = 0 if as_image else data.crop_border
+    settings = {"image_size": list(data.image_size), "crop_border": crop_border, "frame": list(expected)}
     counts = {}
     for phase in PHASES:
         if not (split_dir / phase).is_dir():
             raise DataError(split_dir / phase, "folder not found (run the split stage first)")
         stems = sorted(flat_stem(p.name) for p in (split_dir / phase).glob("*.jpg"))
         target_dir = out_dir / phase
-        current = _check_stamp(target_dir, settings)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        known = _load_manifest(target_dir, settings)
+        (target_dir / MANIFEST).unlink(missing_ok=True)
         jobs = []
         for stem in stems:
-            source, target = raw_dir / PARSING_TREE / f"{stem}.png", target_dir / f"{stem}.png"
-            if not (current and _up_to_date(source, target)):
-                jobs.append((str(source), str(target), data.image_size, data.annotation_size, data.crop_border))
-        target_dir.mkdir(parents=True, exist_ok=True)
-        _run_jobs(_segment_one, jobs, data.workers, f"segment {phase}", policy)
-        bad = {Path(p[0]).stem for p in policy.skipped}
-        for stem in bad:
-            (target_dir / f"{stem}.png").unlink(missing_ok=True)
-        _remove_stale(target_dir, {f"{s}.png" for s in stems if s not in bad}, ".png")
-        write_json(target_dir / STAMP, settings)
-        counts[phase] = sum(1 for s in stems if (target_dir / f"{s}.png").is_file())
+            source = raw_dir / PARSING_TREE / f"{stem}.png"
+            try:
+                if source.is_symlink():
+                    guard.links += 1
+                guard.resolve(source)
+            except DataError as e:
+                policy.handle(e)
+                continue
+            jobs.append((str(source), str(target_dir / f"{stem}.png"), known.get(f"{stem}.png"), data.image_size,
+                         expected, crop_border, frame_key))
+        done: dict[str, str] = {}
+        try:
+            _run_jobs(_segment_one, jobs, data.workers, f"segment {phase}", policy, done)
+        finally:
+            _finish(target_dir, settings, done, {f"{s}.png" for s in stems})
+        _remove_stale(target_dir, set(done), ".png")
+        counts[phase] = len(done)
+    counts["links"] = guard.links
     policy.write_report("segment", reports_dir)
     return counts
-
-
-# --------------------------------------------------------------------------- consumers
-
-def available_pairs(phase: str, split_dir: str | Path = SPLIT_DIR, resized_dir: str | Path = RESIZED_DIR,
-                    pose_dir: str | Path = POSE_DIR, parsing_dir: str | Path = PARSING_DIR,
-                    keypoint_names: Iterable[str] | None = None) -> list[tuple[str, str]]:
-    """Pairs of ``pairs-<phase>.csv`` whose two images have a resized image, keypoints and a parsing map.
-
-    With ``data.on_error: skip`` a stage may have dropped an image; the dataset
-    uses this to drop the pairs that name it (a warning says how many).
-    """
-    from casd.data.layout import read_pairs
-    pairs = read_pairs(Path(split_dir) / f"pairs-{phase}.csv")
-    if keypoint_names is None:
-        from casd.data.pose import load_keypoints
-        keypoint_names = load_keypoints(Path(pose_dir) / f"{phase}.npz")
-    have_keypoints = set(keypoint_names)
-    images = {p.name for p in (Path(resized_dir) / phase).glob("*.jpg")}
-    parsing = {p.stem for p in (Path(parsing_dir) / phase).glob("*.png")}
-    ok = {n for n in images if n in have_keypoints and flat_stem(n) in parsing}
-    kept = [(a, b) for a, b in pairs if a in ok and b in ok]
-    if len(kept) < len(pairs):
-        print(f"warning: {phase}: {len(pairs) - len(kept)} of {len(pairs)} pairs dropped (an image lacks its "
-              "resized file, keypoints or parsing map)", file=sys.stderr)
-    return kept
 
 
 # --------------------------------------------------------------------------- stage entry points
@@ -353,20 +400,22 @@ def _data_config(params_path: str | Path) -> DataConfig:
 def split_from_params(params_path: str | Path = "params.yaml") -> dict[str, object]:
     summary = split(_data_config(params_path))
     print("split: " + ", ".join(f"{p} {summary[p]['placed']} images / {summary[p]['pairs']} pairs"  # type: ignore
-                                for p in PHASES) + f" -> {SPLIT_DIR}")
+                                for p in PHASES)
+          + f", {summary['links']} links followed, {summary['skipped']} skipped -> {PREPARED.split_dir}")
     return summary
 
 
 def resize_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
     data = _data_config(params_path)
     counts = resize(data)
-    print(f"resize: {counts} at {data.image_size[0]}x{data.image_size[1]} -> {RESIZED_DIR}")
+    print(f"resize: {counts} at {data.image_size[0]}x{data.image_size[1]} ({data.resize_filter}) "
+          f"-> {PREPARED.resized_dir}")
     return counts
 
 
 def segment_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
     counts = segment(_data_config(params_path))
-    print(f"segment: {counts} -> {PARSING_DIR}")
+    print(f"segment: {counts} -> {PREPARED.parsing_dir}")
     return counts
 
 

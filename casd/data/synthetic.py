@@ -1,44 +1,18 @@
-"""Procedural synthetic DeepFashion: articulated clothed figures in the raw DeepFashion layout.
+"""Procedural synthetic DeepFashion in the raw DeepFashion layout (the synth stage), or a check of a real folder.
 
-The ``synth`` stage always produces ``data/raw`` (its DVC output):
-
-- ``data.source: synthetic``: :func:`generate` writes the whole raw layout there::
-
-      img_highres/{MEN,WOMEN}/<Category>/id_<8 digits>/<NN>_<V>_<view>.jpg
-      train.lst, test.lst                                  (flat names)
-      fashion-resize-pairs-{train,test}.csv                (from,to; same identity, different pose)
-      fashion-resize-annotation-{train,test}.csv           (name:keypoints_y:keypoints_x, annotation frame)
-      semantic_merge3/<flat stem>.png                      (LIP-20 ids, annotation frame)
-
-- ``data.source: deepfashion``: :func:`validate_source` checks the layout of
-  ``data.root`` and writes only ``data/raw/SOURCE.json`` (root, file counts and
-  a digest of the listing: relative path, size, mtime). The later stages read
-  the raw files from ``data.root``; since they depend on ``data/raw``, a
-  changed listing re-runs them. DVC cannot see a change inside ``data.root``
-  by itself: after replacing files there run ``dvc repro -f synth``.
-
-A figure is an 18-keypoint OpenPose-COCO skeleton posed in 3-D body
-coordinates (x: the person's left, y: down, z: forward, unit = body height),
-turned by a view angle (front / side / back) and projected orthographically.
-Shapes (capsules for limbs, polygons for torso and garments, ellipses for the
-head) are drawn once, far to near, into the LIP-20 label map with PIL; the RGB
-image is then coloured from that label map alone (identity palette x texture
-bit, outline darkening, face details only inside the face label), so labels
-and pixels correspond exactly. Every image has its own random stream derived
-from (seed, identity, pose): the output does not depend on the worker count,
-and the same seed gives byte-identical files (fixed JPEG settings, no
-timestamps).
+A figure is an 18-keypoint skeleton posed in 3-D body coordinates, turned by the view angle and projected;
+its shapes are drawn far to near into the LIP-20 label map and the RGB image is coloured from that map
+alone, so labels and pixels correspond exactly. Each image has its own random stream from (seed, identity,
+pose): the same seed gives byte-identical files whatever the worker count.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import math
-import os
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -50,8 +24,8 @@ from casd.config import from_dict, load_params
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, write_json, write_text
 from casd.data.layout import (IMAGE_TREE, NUM_KEYPOINTS, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR,
-                          DataConfig, annotation_file, flat_name, flat_stem, list_file, pairs_file,
-                          rescale_keypoints, write_annotations, write_pairs)
+                              DataConfig, annotation_file, flat_name, flat_stem, list_file, pairs_file, raw_file,
+                              rescale_keypoints, write_annotations, write_pairs)
 
 JPEG_QUALITY = 92
 
@@ -639,33 +613,19 @@ def generate(config: SynthConfig, annotation_size: tuple[int, int] = (256, 176),
 
 # --------------------------------------------------------------------------- real data
 
-REQUIRED = (IMAGE_TREE, PARSING_TREE, *(f(p) for p in PHASES for f in (list_file, pairs_file, annotation_file)))
-
-
 def validate_source(root: str | Path, out_dir: str | Path = SYNTH_RAW_DIR) -> dict[str, object]:
-    """Check a real DeepFashion folder's layout and write ``<out_dir>/SOURCE.json`` (the synth stage's output)."""
+    """Check that a real DeepFashion folder has the layout's files; write ``<out_dir>/SOURCE.json``.
+
+    The later stages depend on ``data.root`` itself (dvc.yaml), so the manifest records only what was checked.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "data.root folder not found (data.source: deepfashion needs the DeepFashion folder)")
-    missing = [name for name in REQUIRED if not (root / name).exists()]
+    missing = [name for name in (IMAGE_TREE, PARSING_TREE) if not (root / name).is_dir()]
     if missing:
-        raise DataError(root, f"not a DeepFashion folder: missing {', '.join(missing)}")
-    digest = hashlib.sha256()
-    counts = {"images": 0, "parsing": 0}
-    for tree, key, suffix in ((IMAGE_TREE, "images", ".jpg"), (PARSING_TREE, "parsing", ".png")):
-        for dirpath, dirnames, filenames in os.walk(root / tree):
-            dirnames.sort()
-            for file in sorted(filenames):
-                if file.endswith(suffix):
-                    stat = os.stat(os.path.join(dirpath, file))
-                    digest.update(f"{os.path.relpath(os.path.join(dirpath, file), root)}\t{stat.st_size}\t"
-                                  f"{stat.st_mtime_ns}\n".encode())
-                    counts[key] += 1
-    for name in REQUIRED[2:]:
-        digest.update(hashlib.sha256((root / name).read_bytes()).hexdigest().encode())
-    if counts["images"] == 0:
-        raise DataError(root / IMAGE_TREE, "no .jpg images found")
-    manifest = {"source": "deepfashion", "root": str(root.resolve()), **counts, "digest": digest.hexdigest()}
+        raise DataError(root, f"not a DeepFashion folder: missing {', '.join(missing)}/")
+    files = [raw_file(root, f(phase)).name for phase in PHASES for f in (list_file, pairs_file, annotation_file)]
+    manifest = {"source": "deepfashion", "root": str(root), "files": files}
     write_json(Path(out_dir) / SOURCE_MANIFEST, manifest)
     return manifest
 
