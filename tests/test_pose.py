@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from casd.errors import DataError
-from casd.data.layout import DataConfig, read_annotations, rescale_keypoints
+from casd.data.layout import DataConfig, read_annotations, rescale_keypoints, write_annotations
 from casd.data.pose import (FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS, PoseConfig, extract_pose, limb_maps, load_keypoints,
                        pose_input, pose_maps)
 
@@ -191,3 +191,42 @@ def test_pose_input_into_preallocated_buffer():
     assert torch.allclose(gaussian[:, :18], pose_maps(batch, SIZE, "gaussian", 3.0))
     with pytest.raises(ValueError, match="out must be"):
         pose_input(batch, SIZE, out=torch.empty(2, 29, 20, 14))
+
+
+def upstream_cords_to_map(cords: np.ndarray, size: tuple[int, int], sigma: float = 6.0) -> np.ndarray:
+    """Upstream's tool/generate_pose_map_fashion.py rule: H x W x 18 uint8 Gaussians (truncated to one-hot)."""
+    result = np.zeros(size + (len(cords),), dtype="uint8")
+    yy, xx = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
+    for i, (y, x) in enumerate(cords):
+        if y == -1 or x == -1:
+            continue
+        result[..., i] = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2))
+    return result
+
+
+def test_upstream_geometry_keypoints_as_is_give_upstream_256x256_maps(tmp_path):
+    # annotation frame 256x176 (the release CSVs), upstream draws them unchanged on 256x256 maps
+    rng = np.random.default_rng(0)
+    keypoints = {f"fashionMENDenimid0000000{i}01_1front.jpg": np.stack(
+        [rng.integers(0, 256, 18), rng.integers(0, 176, 18)], axis=1) for i in range(3)}
+    for kp in keypoints.values():
+        kp[rng.integers(0, 18, 3)] = -1
+    keypoints["fashionMENDenimid0000000901_1front.jpg"] = np.array([[0, 0], [255, 175]] + [[-1, -1]] * 16)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for phase in ("train", "test"):
+        write_annotations(raw / f"fasion-resize-annotation-{phase}.csv", keypoints)
+    config = DataConfig(image_size=(256, 256), annotation_size=(256, 176), keypoint_frame="as_is", workers=1)
+    extract_pose(config, PoseConfig(mode="onehot", export_upstream_npy=True), raw, tmp_path / "pose",
+                 tmp_path / "reports")
+    stored = load_keypoints(tmp_path / "pose" / "train.npz")
+    for name, kp in keypoints.items():
+        expected = upstream_cords_to_map(kp, (256, 256))
+        assert np.array_equal(stored[name], kp)
+        rendered = pose_maps(torch.from_numpy(stored[name][None].astype(np.int64)), (256, 256), "onehot")[0]
+        assert np.array_equal(rendered.permute(1, 2, 0).to(torch.uint8).numpy(), expected)
+        assert np.array_equal(np.load(tmp_path / "pose" / "trainK" / f"{name}.npy"), expected)
+    rescaled = DataConfig(image_size=(256, 256), annotation_size=(256, 176), workers=1)
+    extract_pose(rescaled, PoseConfig(), raw, tmp_path / "pose2", tmp_path / "reports")
+    other = load_keypoints(tmp_path / "pose2" / "train.npz")["fashionMENDenimid0000000901_1front.jpg"]
+    assert other[1].tolist() == [255, 255]   # the default rescales to the image frame instead

@@ -407,3 +407,37 @@ def test_sigterm_or_ctrl_c_leave_no_temp_files(tiny_prepared, tmp_path, signum):
     process.wait(timeout=30)
     assert process.returncode != 0
     assert no_temp_files(tmp_path / "resized")
+
+
+# --------------------------------------------------------------------------- upstream's code geometry
+
+def test_upstream_resize_is_pils_default_stretch(tmp_path, tiny_data_config):
+    split_dir = tmp_path / "split"
+    (split_dir / "test").mkdir(parents=True)
+    (split_dir / "train").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (110, 75, 3), dtype=np.uint8)).save(split_dir / "train" / "a.jpg")
+    config = dataclasses.replace(tiny_data_config, image_size=(64, 64), resize_filter="bicubic", jpeg_quality=75)
+    resize(config, split_dir, tmp_path / "resized", tmp_path / "reports")
+    # upstream's tool/resize_fashion.py: Image.open(...).resize([w, h]).save(name): PIL's defaults throughout
+    with Image.open(split_dir / "train" / "a.jpg") as image:
+        image.resize([64, 64]).save(tmp_path / "upstream.jpg")
+    ours = (tmp_path / "resized" / "train" / "a.jpg").read_bytes()
+    assert ours == (tmp_path / "upstream.jpg").read_bytes()
+    lanczos = dataclasses.replace(config, resize_filter="lanczos")
+    resize(lanczos, split_dir, tmp_path / "resized", tmp_path / "reports")
+    assert (tmp_path / "resized" / "train" / "a.jpg").read_bytes() != ours   # the setting redoes the output
+
+
+def test_parsing_frame_image_reads_maps_as_they_are(tiny_prepared, tmp_path, tiny_data_config):
+    raw, split_dir, stems = make_parsing_case(tiny_prepared, tmp_path)
+    lip = np.random.default_rng(2).integers(0, 20, (64, 64), dtype=np.uint8)
+    for stem in stems:
+        Image.fromarray(lip).save(raw / "semantic_merge3" / f"{stem}.png")
+    config = dataclasses.replace(tiny_data_config, image_size=(64, 64), parsing_frame="image", crop_border=4)
+    segment(config, raw, split_dir, tmp_path / "parsing", tmp_path / "reports")
+    merged = np.asarray(Image.open(next((tmp_path / "parsing").rglob("*.png"))))
+    assert np.array_equal(merged, LIP_TO_REGION[lip])   # no crop, no resize
+    with pytest.raises(DataError, match=r"is 64x64 \(HxW\), expected 64x44 \(data.image_size, data.parsing_frame: image\)"):
+        segment(dataclasses.replace(config, image_size=(64, 44)), raw, split_dir, tmp_path / "parsing2",
+                tmp_path / "reports")
