@@ -1,116 +1,627 @@
-"""The test stage: generate every test pair, in batches, resumably.
+"""Synthesis with a trained generator: the :class:`Synthesizer`, ``casd generate``, and the test stage.
 
-For each (source, target) row of ``data/split/pairs-test.csv`` the generator
-renders the source person in the target's pose; the picture is written as
+Python::
 
-    data/generated/<source stem>___<target stem>.png     (:func:`output_name`)
+    from casd.inference import Synthesizer
+    synth = Synthesizer.from_checkpoint("models/generator.pt", params="params.yaml")
+    image = synth.transfer(source, pose)                         # [3, H, W] in [-1, 1]
+    tryon = synth.swap(source, pose, {"upper_clothes": donor})   # try-on; {"head": donor}: hair + face
+    mixed = synth.mix(source, pose, other, alpha=0.5, regions="hair,face")
+    image, regions = synth.transfer_with_parsing(source, pose)   # + predicted target parsing [H, W], ids 0..7
 
-at ``data.image_size``, the same frame as the ground truth
-``data/resized/test/<target>``, so that the evaluate stage compares them pixel
-for pixel. For ``test.strips`` pairs spread evenly over the list, a strip
-``source | target pose | generated | ground truth`` goes to
-``data/strips/<same name>.png``.
+A *person* is a prepared image name (``data/resized/{train,test}/``, parsing
+from ``data/parsing/``), an image path with an explicit parsing PNG (merged
+ids 0..7), a :class:`Person`, or ``(image [3, H, W] in [-1, 1], parsing ids
+[H, W] or one-hot [8, H, W])``. A *pose* is an annotated image name
+(``data/pose/*.npz``), a JSON file of 18 ``[y, x]`` (-1 = missing) in the
+image frame, or ``{"size": [H, W], "keypoints": [...]}`` in another frame
+(rescaled), or keypoints ``[18, 2]``.
 
-Upstream generates one pair at a time; here ``test.batch_size`` pairs go
-through the network at once, with the generator's ``modulated_norm`` set to
-``"sample"`` (see :class:`casd.models.generator.Generator`), so that a batch
-gives upstream's batch-1 pictures.
+The test stage (:func:`run_test`) writes, per pair of ``data/split/pairs-test.csv``,
+``data/generated/<from>___<to>.png`` and the predicted target parsing
+``data/predicted_parsing/<from>___<to>.png`` (uint8 region ids), strips for
+``test.strips`` pairs in ``data/strips/``, and ``data/generated/manifest.json``
+whose fingerprint lets a restarted stage skip finished pairs.
 
-Resuming: every file is written atomically, so a file that exists is
-complete. ``data/generated/manifest.json`` records a fingerprint of what decides
-the pictures (checkpoint bytes, test inputs' bytes, image size, pose rendering,
-AMP); a restarted stage with the same fingerprint skips the pairs already
-written, a different fingerprint clears the old pictures first (as do pairs no
-longer listed), so the folder always holds exactly the manifest's pictures. (``dvc.yaml`` marks the outputs
-``persist: true`` so that DVC does not delete them before a rerun.)
-
-``test.checkpoint`` is a project checkpoint (``models/generator.pt`` of the
-train stage, a ``checkpoints/*.pt`` training state, or an imported one) or an
-upstream release ``latest_net_netG.pth`` (a plain state dict, converted on the
-fly by :func:`casd.checkpoints.load_upstream_generator`), so that with
-DeepFashion data ``dvc repro evaluate`` reproduces the paper's numbers.
+Everything here runs the generator with ``modulated_norm="sample"``: a batch
+gives upstream's batch-of-one pictures.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
 
-from casd.config import from_dict, load_params, resolve_device
-from casd.errors import ConfigError, DataError
-from casd import visuals
+from casd import control, visuals
 from casd.checkpoints import load_generator
+from casd.config import from_dict, load_params, resolve_device
+from casd.data.dataset import PairDataset, add_pose_input
+from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, REGION_NAMES, DataConfig, PreparedLayout,
+                              flat_stem, read_image, read_pairs, read_regions, rescale_keypoints)
+from casd.data.pose import PoseConfig, load_keypoints, pose_input
+from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import safe_name, write_json
 
-AMP_MODES = ("auto", "none", "fp16", "bf16")
+DATA_ROOT = Path("data")
 GENERATED_DIR = Path("data/generated")
+PREDICTED_PARSING_DIR = Path("data/predicted_parsing")
 STRIPS_DIR = Path("data/strips")
 MANIFEST = "manifest.json"
 SEPARATOR = "___"  # between the two stems of an output name; flat DeepFashion names never contain it
+STRIP_PANELS = ("source", "target pose", "generated", "ground truth", "predicted parsing")  # test stage strips
+AMP_MODES = ("none", "auto", "fp16", "bf16")
 _FINGERPRINT_VERSION = 1
+_MAX_FRAME = 1 << 16  # largest side accepted in a pose JSON's "size"
+
+PersonLike = Any  # str | Path | Person | tuple[Tensor, Tensor]
+PoseLike = Any    # str | Path | Tensor | np.ndarray
 
 
-@dataclass
-class TestConfig:
-    """The ``test:`` section of params.yaml."""
+def predicted_parsing(attention_logits: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """The style-distribution blocks' logits, each [B, K, h, w] -> predicted target parsing [B, H, W] uint8.
 
-    __test__ = False  # not a pytest class
+    Argmax over regions of the blocks' averaged region probabilities, upsampled
+    bilinearly to ``size`` (how the AMCE loss reads these maps).
+    """
+    probabilities = torch.stack([a.float().softmax(dim=1) for a in attention_logits]).mean(dim=0)
+    probabilities = F.interpolate(probabilities, size=tuple(size), mode="bilinear", align_corners=False)
+    return probabilities.argmax(dim=1).to(torch.uint8)
 
-    checkpoint: str = "models/generator.pt"  # project checkpoint, or upstream latest_net_netG.pth
+
+# --------------------------------------------------------------------------- inputs
+
+@dataclasses.dataclass
+class Person:
+    """A person the style encoder can read: image float [3, H, W] in [-1, 1], parsing float one-hot [8, H, W]."""
+
+    image: torch.Tensor
+    parsing: torch.Tensor
+    name: str = "person"
+
+
+def _image_tensor(picture: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).float() / 127.5 - 1.0  # a writable copy
+
+
+def _onehot(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Region ids [H, W] -> float one-hot [8, H, W]."""
+    return F.one_hot(torch.as_tensor(np.asarray(ids), dtype=torch.long), NUM_REGIONS).permute(2, 0, 1).float()
+
+
+def _parsing_tensor(parsing: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """ids [H, W] or one-hot [8, H, W] -> float one-hot [8, H, W]."""
+    parsing = torch.as_tensor(parsing)
+    if parsing.dim() == 2 and not parsing.dtype.is_floating_point:
+        parsing = _onehot(parsing)
+    if parsing.dim() != 3 or parsing.shape[0] != NUM_REGIONS or tuple(parsing.shape[1:]) != tuple(size):
+        raise CasdError(f"parsing must be ids [H, W] or one-hot [8, H, W] at {size[0]}x{size[1]}, "
+                        f"got {tuple(parsing.shape)}")
+    return parsing.float()
+
+
+def _read_parsing(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """An explicit parsing PNG -> one-hot [8, H, W]; nearest-resized to ``size`` only if of the same aspect ratio."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"cannot read parsing map ({e})") from None
+    if abs(height * size[1] - width * size[0]) > 0.02 * size[0] * width:
+        raise DataError(path, f"parsing map is {height}x{width}, another shape than the {size[0]}x{size[1]} "
+                              f"images; give the parsing of the image itself (merged region ids 0..7)")
+    return _onehot(read_regions(path, size, resize=True))
+
+
+def read_pose_json(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """JSON keypoints file -> long [18, 2] (y, x) in the ``size`` frame, -1 missing.
+
+    Accepted: a list of 18 ``[y, x]`` pairs in the ``size`` frame, or
+    ``{"keypoints": [...], "size": [H, W]}`` rescaled from that frame. Every
+    coordinate is -1 (missing) or inside the frame it is given in.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(path, f"cannot read keypoints JSON ({e})") from None
+    frame = tuple(size)
+    if isinstance(data, dict):
+        if "keypoints" not in data:
+            raise DataError(path, 'expected a list of 18 [y, x] pairs or {"keypoints": [...], "size": [H, W]}')
+        frame = tuple(data.get("size", size)) if isinstance(data.get("size", size), (list, tuple)) else (None,)
+        data = data["keypoints"]
+        if len(frame) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _MAX_FRAME
+                                      for v in frame):
+            raise DataError(path, f"size must be [H, W] positive integers up to {_MAX_FRAME}, got {list(frame)}")
+    if not isinstance(data, list) or len(data) != NUM_KEYPOINTS:
+        count = len(data) if isinstance(data, list) else type(data).__name__
+        raise DataError(path, f"expected {NUM_KEYPOINTS} [y, x] keypoints (OpenPose COCO order), got {count}")
+    for i, point in enumerate(data):
+        if (not isinstance(point, list) or len(point) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in point)):
+            raise DataError(path, f"keypoint {i} must be [y, x] integers (-1 for missing), got {point!r}")
+        if any(v < -1 for v in point):
+            raise DataError(path, f"keypoint {i} is {point}: coordinates are >= 0, or -1 for a missing joint")
+        if min(point) >= 0 and (point[0] >= frame[0] or point[1] >= frame[1]):
+            hint = "" if frame != tuple(size) else '; give {"size": [H, W], "keypoints": ...} for another frame'
+            raise DataError(path, f"keypoint {i} (y={point[0]}, x={point[1]}) is outside the {frame[0]}x{frame[1]} "
+                                  f"frame{hint}")
+    kp = np.asarray(data, dtype=np.int64)
+    missing = (kp < 0).any(axis=1)
+    if frame != tuple(size):
+        kp = rescale_keypoints(kp, frame, tuple(size)).astype(np.int64)
+    kp[missing] = -1
+    return torch.from_numpy(kp)
+
+
+class PreparedData:
+    """Lookup of prepared images, parsing and keypoints by flat name (both phases)."""
+
+    def __init__(self, root: str | Path = DATA_ROOT):
+        self.layout = PreparedLayout(Path(root))
+        self._keypoints: dict[str, np.ndarray] | None = None
+        self._frame: tuple[tuple[int, int], Path] | None = None
+
+    def find_image(self, name: str) -> tuple[Path, str] | None:
+        """(image path, phase) of a prepared image called ``name`` (``.jpg`` optional), or None."""
+        file = name if name.endswith(".jpg") else f"{name}.jpg"
+        if "/" in file or "\\" in file:
+            return None
+        for phase in PHASES:
+            path = self.layout.image(phase, file)
+            if path.is_file():
+                return path, phase
+        return None
+
+    def parsing_path(self, name: str, phase: str) -> Path:
+        return self.layout.parsing_map(phase, name if name.endswith(".jpg") else name + ".jpg")
+
+    def keypoints(self) -> dict[str, np.ndarray]:
+        if self._keypoints is None:
+            self._keypoints = {}
+            for phase in PHASES:
+                if self.layout.keypoints(phase).is_file():
+                    self._keypoints.update(load_keypoints(self.layout.keypoints(phase)))
+        return self._keypoints
+
+    def frame(self) -> tuple[tuple[int, int], Path] | None:
+        """(H, W) of the prepared images (the frame of their keypoints) and one image of that size; None if none."""
+        if self._frame is None:
+            for phase in PHASES:
+                folder = self.layout.images(phase)
+                first = next(folder.glob("*.jpg"), None) if folder.is_dir() else None
+                if first is not None:
+                    with Image.open(first) as img:
+                        self._frame = ((img.height, img.width), first)
+                    break
+        return self._frame
+
+    def unknown(self, name: str, what: str, candidates: Iterable[str]) -> DataError:
+        close = difflib.get_close_matches(name, list(candidates), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        where = ", ".join(str(self.layout.images(p)) for p in PHASES) if what == "image" else \
+            ", ".join(str(self.layout.keypoints(p)) for p in PHASES)
+        return DataError(name, f"no prepared {what} of that name (looked in {where}){hint}")
+
+    def image_names(self) -> list[str]:
+        return [p.name for phase in PHASES if self.layout.images(phase).is_dir()
+                for p in self.layout.images(phase).glob("*.jpg")]
+
+
+# --------------------------------------------------------------------------- the Synthesizer
+
+class Synthesizer:
+    """Pose transfer and style control with one generator (see the module docstring for the inputs).
+
+    Every method takes one input (returns ``[3, H, W]``) or, in the ``*_batch``
+    forms, lists (returns ``[B, 3, H, W]``); images are in [-1, 1]. The
+    generator is switched to per-sample norm statistics
+    (:meth:`casd.models.generator.Generator.set_modulated_norm`).
+    """
+
+    def __init__(self, generator, image_size: Sequence[int], pose_mode: str = "onehot", sigma: float = 6.0,
+                 data_root: str | Path = DATA_ROOT, device: str | torch.device = "cpu",
+                 parsing: Mapping[str, str | Path] | None = None):
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        if self.image_size[0] % 4 or self.image_size[1] % 4 or min(self.image_size) < 4:
+            raise ConfigError(f"image size {self.image_size[0]}x{self.image_size[1]}: the generator needs a height "
+                              f"and width divisible by 4")
+        self.device = resolve_device(str(device))
+        self.generator = generator.to(self.device).eval().set_modulated_norm("sample")
+        self.pose = PoseConfig(mode=pose_mode, sigma=sigma)
+        self.data = PreparedData(data_root)
+        # explicit parsing files for image paths: {image path or name: parsing png}
+        self.parsing_files = {str(k): Path(v) for k, v in (parsing or {}).items()}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, params: str | Path | Mapping[str, Any] | None = None,
+                        data_root: str | Path = DATA_ROOT, device: str | torch.device = "cpu",
+                        check: bool = True, **kwargs: Any) -> "Synthesizer":
+        """Any generator file :func:`casd.checkpoints.load_generator` reads.
+
+        Image size and pose rendering come from the file; ``params`` (a path or
+        dict) fills what it does not record (upstream files) and, with
+        ``check``, must agree with it (ConfigError naming each difference).
+        """
+        if isinstance(params, (str, Path)):
+            params = load_params(params)
+        params = params or {}
+        data, pose = dict(params.get("data") or {}), dict(params.get("pose") or {})
+        loaded = load_generator(path, device=resolve_device(str(device)))
+        if check:
+            loaded.check_settings(model=params.get("model"), image_size=data.get("image_size"),
+                                  pose_mode=pose.get("mode"), pose_sigma=pose.get("sigma"),
+                                  hint=", or leave out --params to take its own")
+        image_size = loaded.image_size or data.get("image_size")
+        if image_size is None:
+            raise ConfigError(f"{path}: the checkpoint does not record its image size; pass params with "
+                              f"data.image_size")
+        return cls(loaded.generator, image_size, pose_mode=loaded.pose_mode or pose.get("mode", "onehot"),
+                   sigma=loaded.pose_sigma or pose.get("sigma", 6.0), data_root=data_root, device=device, **kwargs)
+
+    # ---- inputs
+
+    def _check_prepared_frame(self, what: str) -> None:
+        """ConfigError when the prepared data (the frame of its images and keypoints) is not the generator's."""
+        found = self.data.frame()
+        if found is not None and found[0] != self.image_size:
+            (h, w), example = found
+            raise ConfigError(f"the generator works at {self.image_size[0]}x{self.image_size[1]} but the prepared "
+                              f"data is {h}x{w} ({example}), so {what} would not fit; prepare the data at "
+                              f"data.image_size {list(self.image_size)} or use a checkpoint trained at {h}x{w}")
+
+    def person(self, source: PersonLike, parsing: str | Path | torch.Tensor | None = None) -> Person:
+        """Resolve a person (name, image path, :class:`Person` or (image, parsing) tensors)."""
+        if isinstance(source, Person):
+            return source
+        if isinstance(source, tuple):
+            image, parsing = source
+            image = torch.as_tensor(image, dtype=torch.float32)
+            if image.dim() != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != self.image_size:
+                raise CasdError(f"image must be [3, {self.image_size[0]}, {self.image_size[1]}] in [-1, 1], "
+                                f"got {tuple(image.shape)}")
+            return Person(image, _parsing_tensor(parsing, self.image_size), "tensor")
+        if isinstance(source, torch.Tensor):
+            raise CasdError("a person given as tensors needs its parsing: pass (image, parsing)")
+        name = str(source)
+        found = self.data.find_image(name)
+        explicit = parsing if parsing is not None else self.parsing_files.get(name)
+        if found is not None and not Path(name).is_file():
+            path, phase = found
+            parsing_path = Path(explicit) if explicit is not None else self.data.parsing_path(name, phase)
+            if not parsing_path.is_file():
+                raise DataError(parsing_path, f"parsing of {path.name} not found (run the segment stage)")
+            with Image.open(path) as img:
+                if (img.height, img.width) != self.image_size:
+                    self._check_prepared_frame(f"the image {path.name}")
+            return Person(_image_tensor(read_image(path, self.image_size)),
+                          _onehot(read_regions(parsing_path, self.image_size)), flat_stem(path.name))
+        path = Path(name)
+        if path.is_file():
+            if explicit is None:
+                raise DataError(path, "not a prepared image, so its parsing is needed: pass --parsing "
+                                      f"{name}=PARSING.png (merged region ids 0..7)")
+            if isinstance(explicit, torch.Tensor):
+                parsing_onehot = _parsing_tensor(explicit, self.image_size)
+            else:
+                parsing_onehot = _read_parsing(Path(explicit), self.image_size)
+            picture = read_image(path, self.image_size, resize=Image.Resampling.BICUBIC)
+            return Person(_image_tensor(picture), parsing_onehot, path.stem)
+        raise self.data.unknown(name, "image", self.data.image_names())
+
+    def keypoints(self, pose: PoseLike) -> torch.Tensor:
+        """Resolve a pose (annotated image name, JSON file, or [18, 2]) -> long [18, 2] (y, x), -1 missing."""
+        if isinstance(pose, (torch.Tensor, np.ndarray)):
+            kp = torch.as_tensor(np.asarray(pose) if isinstance(pose, np.ndarray) else pose).long()
+            if tuple(kp.shape) != (NUM_KEYPOINTS, 2):
+                raise CasdError(f"keypoints must be [{NUM_KEYPOINTS}, 2] (y, x), got {tuple(kp.shape)}")
+            return kp
+        name = str(pose)
+        if name.lower().endswith(".json"):
+            if not Path(name).is_file():
+                raise DataError(name, "keypoints JSON file not found")
+            return read_pose_json(name, self.image_size)
+        table = self.data.keypoints()
+        key = name if name.endswith(".jpg") else f"{name}.jpg"
+        if key not in table:
+            raise self.data.unknown(name, "pose (annotated image)", table)
+        self._check_prepared_frame(f"the keypoints of {key}")
+        return torch.from_numpy(np.asarray(table[key], dtype=np.int64))
+
+    # ---- model calls (batched)
+
+    @torch.no_grad()
+    def encode(self, people: Sequence[PersonLike]) -> torch.Tensor:
+        """People -> style tokens [B, 8, C]."""
+        resolved = [self.person(p) for p in people]
+        images = torch.stack([p.image for p in resolved]).to(self.device)
+        parsing = torch.stack([p.parsing for p in resolved]).to(self.device)
+        return self.generator.encode_style(images, parsing)
+
+    def pose_input(self, poses: Sequence[PoseLike]) -> torch.Tensor:
+        """Poses -> the generator's pose input [B, 30, H, W]."""
+        keypoints = torch.stack([self.keypoints(p) for p in poses]).to(self.device)
+        return pose_input(keypoints, self.image_size, self.pose.mode, self.pose.sigma)
+
+    @torch.no_grad()
+    def render(self, poses: Sequence[PoseLike], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style tokens [B, 8, C] in poses -> (images [B, 3, H, W] in [-1, 1], predicted parsing [B, H, W] uint8)."""
+        images, attention = self.generator.decode(self.pose_input(poses), tokens)
+        return images, predicted_parsing(attention, self.image_size)
+
+    def decode(self, poses: Sequence[PoseLike], tokens: torch.Tensor) -> torch.Tensor:
+        """Style tokens [B, 8, C] rendered in poses -> images [B, 3, H, W] in [-1, 1] (each sample independent)."""
+        return self.render(poses, tokens)[0]
+
+    def transfer_batch(self, sources: Sequence[PersonLike], poses: Sequence[PoseLike]) -> torch.Tensor:
+        return self.decode(poses, self.encode(sources))
+
+    def swap_tokens(self, tokens: torch.Tensor, donors: Mapping[str, PersonLike]) -> torch.Tensor:
+        """Each region named in ``donors`` takes the donor's style token (the same donor for the whole batch)."""
+        return control.swap_tokens(tokens, {region: self.encode([donor]) for region, donor in donors.items()})
+
+    def swap_batch(self, sources: Sequence[PersonLike], poses: Sequence[PoseLike],
+                   donors: Mapping[str, PersonLike]) -> torch.Tensor:
+        for region in donors:
+            control.region_indices(region)  # unknown region: fail before any image is read
+        return self.decode(poses, self.swap_tokens(self.encode(sources), donors))
+
+    def mix_batch(self, sources: Sequence[PersonLike], poses: Sequence[PoseLike], other: PersonLike,
+                  alpha: float, regions: str | Iterable[str] | None = None) -> torch.Tensor:
+        if regions is not None:
+            control.region_indices(regions)
+        tokens = self.encode(sources)
+        return self.decode(poses, control.mix_tokens(tokens, self.encode([other]), alpha, regions))
+
+    # ---- one at a time
+
+    def transfer(self, source: PersonLike, pose: PoseLike) -> torch.Tensor:
+        """``source`` in ``pose`` -> [3, H, W] in [-1, 1]."""
+        return self.transfer_batch([source], [pose])[0]
+
+    def transfer_with_parsing(self, source: PersonLike, pose: PoseLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """``source`` in ``pose`` -> (image [3, H, W] in [-1, 1], predicted target parsing [H, W] uint8 ids 0..7)."""
+        images, parsing = self.render([pose], self.encode([source]))
+        return images[0], parsing[0]
+
+    def swap(self, source: PersonLike, pose: PoseLike, donors: Mapping[str, PersonLike]) -> torch.Tensor:
+        """Try-on / head swap: ``{"upper_clothes": donor}``, ``{"pants": d}``, ``{"head": d}`` (hair + face)."""
+        return self.swap_batch([source], [pose], donors)[0]
+
+    def mix(self, source: PersonLike, pose: PoseLike, other: PersonLike, alpha: float,
+            regions: str | Iterable[str] | None = None) -> torch.Tensor:
+        """Interpolate all (or the chosen) regions' style tokens: alpha 0 = source, 1 = other."""
+        return self.mix_batch([source], [pose], other, alpha, regions)[0]
+
+    def pose_picture(self, pose: PoseLike) -> np.ndarray:
+        """The skeleton of ``pose`` on black, uint8 [H, W, 3]."""
+        return visuals.draw_skeleton(self.keypoints(pose), self.image_size)
+
+
+# --------------------------------------------------------------------------- casd generate
+
+def _stem(value: Any) -> str:
+    name = Path(str(value)).name
+    for suffix in (".jpg", ".png", ".jpeg", ".json"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _output_stem(source: str, pose: str, swaps: Mapping[str, str], mix: str | None, alpha: float,
+                 regions: str | None) -> str:
+    stem = f"{_stem(source)}_to_{_stem(pose)}"
+    for region, donor in swaps.items():
+        stem += f"_swap-{region}-{_stem(donor)}"
+    if mix is not None:
+        stem += f"_mix-{_stem(mix)}-{alpha:g}" + (f"-{regions.replace(',', '+')}" if regions else "")
+    return stem
+
+
+def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
+                   swaps: Mapping[str, PersonLike] | None = None, mix: PersonLike | None = None,
+                   alpha: float = 0.5, regions: str | None = None, batch_size: int = 8,
+                   strips: bool = True, strip_scale: int = 1, labels: bool = False) -> list[Path]:
+    """Generate (source, target pose) pairs in batches; write ``<stem>.png`` and ``<stem>_strip.png``.
+
+    Strip: source | target pose | [swap donors | mix partner] | result | predicted parsing
+    (``labels``: captioned, ``strip_scale``: enlarged).
+    """
+    if batch_size < 1:
+        raise CasdError(f"batch size must be >= 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    swaps = dict(swaps or {})
+    donors = [synth.person(d) for d in swaps.values()]
+    partner = synth.person(mix) if mix is not None else None
+    partner_tokens = synth.encode([partner]) if partner is not None else None
+    written: list[Path] = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="generate", unit="batch", disable=len(pairs) <= 1):
+        chunk = pairs[start:start + batch_size]
+        sources = [synth.person(s) for s, _ in chunk]
+        poses = [p for _, p in chunk]
+        tokens = synth.swap_tokens(synth.encode(sources), dict(zip(swaps, donors)))
+        if partner_tokens is not None:
+            tokens = control.mix_tokens(tokens, partner_tokens, alpha, regions)
+        images, parsing = synth.render(poses, tokens)
+        for (source_name, pose_name), person, image, regions_map in zip(chunk, sources, images, parsing):
+            stem = _output_stem(source_name, pose_name, {r: str(d) for r, d in swaps.items()},
+                                None if mix is None else str(mix), alpha, regions)
+            picture = visuals.to_uint8(image)
+            written.append(visuals.save_png(picture, out_dir / f"{stem}.png"))
+            if strips:
+                panels = [visuals.to_uint8(person.image), synth.pose_picture(pose_name),
+                          *[visuals.to_uint8(d.image) for d in donors]]
+                names = ["source", "target pose", *[f"{region} from" for region in swaps]]
+                if partner is not None:
+                    panels.append(visuals.to_uint8(partner.image))
+                    names.append(f"mix {alpha:g}")
+                panels += [picture, visuals.parsing_colours(regions_map)]
+                names += ["result", "parsing"]
+                strip = visuals.make_strip(panels, gap=2, scale=strip_scale, labels=names if labels else None)
+                written.append(visuals.save_png(strip, out_dir / f"{stem}_strip.png"))
+    return written
+
+
+def _parse_swaps(values: Sequence[str]) -> dict[str, str]:
+    swaps: dict[str, str] = {}
+    for value in values:
+        region, sep, donor = value.partition("=")
+        if not sep or not region or not donor:
+            raise CasdError(f"--swap expects REGION=IMAGE (e.g. upper_clothes=NAME.jpg), got {value!r}")
+        control.region_indices(region)
+        swaps[region.strip()] = donor.strip()
+    return swaps
+
+
+def _parse_parsing(values: Sequence[str], source: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        image, sep, png = value.partition("=")
+        if sep:
+            out[image] = png
+        elif source is None:
+            raise CasdError(f"--parsing {value}: give IMAGE=PNG (no --source to attach it to)")
+        else:
+            out[source] = value
+    return out
+
+
+def _output_folder(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CasdError(f"{out}: --out must be a folder, but a file of that name exists")
+    return out
+
+
+def generate_cli(argv: list[str]) -> None:
+    """``casd generate``."""
+    parser = argparse.ArgumentParser(
+        prog="casd generate",
+        description="Pose transfer, try-on (--swap upper_clothes=IMAGE), head swap (--swap head=IMAGE) and style "
+                    "interpolation (--mix IMAGE --alpha T [--regions hair,face]) with a trained checkpoint. "
+                    f"Regions: {', '.join(REGION_NAMES)}; groups: {', '.join(control.REGION_GROUPS)}.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="generator file: models/generator.pt, checkpoints/*.pt, or upstream latest_net_netG.pth")
+    parser.add_argument("--source", help="person: prepared image name, or an image path with --parsing")
+    parser.add_argument("--pose", help="target pose: name of an annotated image, or a JSON file of 18 [y, x]")
+    parser.add_argument("--pairs", help="pairs CSV (from,to) of prepared names: a batch instead of --source/--pose")
+    parser.add_argument("--swap", action="append", default=[], metavar="REGION=IMAGE",
+                        help="take REGION's style from IMAGE (repeatable)")
+    parser.add_argument("--mix", metavar="IMAGE", help="interpolate style tokens towards this person")
+    parser.add_argument("--alpha", type=float, help="--mix amount: 0 = source, 1 = the other person (default 0.5)")
+    parser.add_argument("--regions", help="--mix only these regions (comma-separated), default all")
+    parser.add_argument("--parsing", action="append", default=[], metavar="[IMAGE=]PNG",
+                        help="parsing (merged ids 0..7) of an image given by path; plain PNG = the source's")
+    parser.add_argument("--out", default="reports/generate", help="output folder (default: %(default)s)")
+    parser.add_argument("--params", help="params file the checkpoint was trained with: its model, data.image_size "
+                                         "and pose sections must match the checkpoint (default: params.yaml, "
+                                         "used only for what the checkpoint does not record)")
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="prepared data (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    parser.add_argument("--no-strip", action="store_true", help="write only the generated images")
+    parser.add_argument("--strip-scale", type=int, default=1, metavar="N",
+                        help="enlarge the strip N times (nearest neighbour) and caption its panels when N > 1")
+    args = parser.parse_args(argv)
+
+    if args.pairs and (args.source or args.pose):
+        raise CasdError("give either --pairs or --source with --pose, not both")
+    if not args.pairs and not (args.source and args.pose):
+        raise CasdError("give --source and --pose (or --pairs CSV)")
+    if args.regions and not args.mix:
+        raise CasdError("--regions applies to --mix; for a swap name the region in --swap REGION=IMAGE")
+    if args.alpha is not None and args.mix is None:
+        raise CasdError("--alpha applies to --mix IMAGE; without --mix it would be ignored")
+    alpha = 0.5 if args.alpha is None else args.alpha
+    if not 0.0 <= alpha <= 1.0:
+        raise CasdError(f"--alpha must lie in [0, 1], got {alpha}")
+    if args.batch_size < 1:
+        raise CasdError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.regions:
+        control.region_indices(args.regions)
+    swaps = _parse_swaps(args.swap)
+    out = _output_folder(args.out)
+    device = resolve_device(args.device)
+
+    # An explicit --params must match the checkpoint; the implicit params.yaml only fills gaps.
+    params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    params = load_params(params_file) if params_file else None
+    synth = Synthesizer.from_checkpoint(args.checkpoint, params=params, data_root=args.data_root, device=device,
+                                        check=bool(args.params), parsing=_parse_parsing(args.parsing, args.source))
+    if args.pairs:
+        pairs = read_pairs(args.pairs)
+        if not pairs:
+            raise DataError(args.pairs, "no pairs")
+    else:
+        pairs = [(args.source, args.pose)]
+    written = generate_pairs(synth, pairs, out, swaps=swaps, mix=args.mix, alpha=alpha, regions=args.regions,
+                             batch_size=args.batch_size, strips=not args.no_strip,
+                             strip_scale=max(1, args.strip_scale), labels=args.strip_scale > 1)
+    for path in written[:4]:
+        print(path)
+    if len(written) > 4:
+        print(f"... {len(written)} files in {out}")
+
+
+# --------------------------------------------------------------------------- the test stage
+
+@dataclasses.dataclass
+class GenerationConfig:
+    """The ``test:`` section of params.yaml: how the test stage generates every test pair."""
+
+    checkpoint: str = "models/generator.pt"  # any generator file casd.checkpoints.load_generator reads
     batch_size: int = 8                      # pairs per generator call
     device: str = "auto"                     # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: str = "auto"                        # auto (fp16 on CUDA, none on CPU) | none | fp16 | bf16
+    amp: str = "none"                        # none (fp32, as upstream tests) | auto (fp16 on CUDA) | fp16 | bf16
     strips: int = 16                         # strips for this many pairs spread over the list; -1 = all, 0 = none
     limit: int = 0                           # only the first N pairs (quick looks); 0 = all
     workers: int = 0                         # DataLoader worker processes reading the test images
 
     def __post_init__(self):
         if self.amp not in AMP_MODES:
-            raise ConfigError(f"params.yaml [test]: amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+            raise ConfigError(f"test.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if int(self.batch_size) < 1:
-            raise ConfigError(f"params.yaml [test]: batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"test.batch_size must be >= 1, got {self.batch_size}")
         if int(self.limit) < 0 or int(self.workers) < 0 or int(self.strips) < -1:
-            raise ConfigError("params.yaml [test]: limit and workers must be >= 0, strips >= -1")
+            raise ConfigError("test.limit and test.workers must be >= 0, test.strips >= -1")
 
 
-@dataclass
-class TestJob:
-    """Everything the test stage reads from params.yaml, typed."""
+@dataclasses.dataclass
+class GenerationJob:
+    """Everything the test stage reads from params.yaml, typed, and where it writes."""
 
-    __test__ = False
-
-    test: TestConfig
-    image_size: tuple[int, int]              # data.image_size
-    pose_mode: str = "onehot"                # pose.mode  (for upstream checkpoints, which do not record it)
-    pose_sigma: float = 6.0                  # pose.sigma
-    model: dict | None = None                # model: section (upstream checkpoints: the architecture)
-    data_root: Path = Path("data")
+    config: GenerationConfig
+    image_size: tuple[int, int]                          # data.image_size
+    pose: PoseConfig = dataclasses.field(default_factory=PoseConfig)  # for files that do not record it (upstream)
+    model: dict | None = None                            # model: section, checked against the checkpoint
+    data_root: Path = DATA_ROOT
     out_dir: Path = GENERATED_DIR
+    parsing_dir: Path = PREDICTED_PARSING_DIR
     strips_dir: Path = STRIPS_DIR
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "TestJob":
-        data = params.get("data") or {}
-        size = data.get("image_size")
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-            raise ConfigError(f"params.yaml [data]: image_size must be [H, W] integers, got {size!r}")
-        pose = params.get("pose") or {}
-        return cls(test=from_dict(TestConfig, params.get("test"), "test"), image_size=(size[0], size[1]),
-                   pose_mode=str(pose.get("mode", "onehot")), pose_sigma=float(pose.get("sigma", 6.0)),
+    def from_params(cls, params: Mapping[str, Any]) -> "GenerationJob":
+        data = from_dict(DataConfig, params.get("data"), "data")
+        return cls(config=from_dict(GenerationConfig, params.get("test"), "test"),
+                   image_size=tuple(data.image_size), pose=from_dict(PoseConfig, params.get("pose"), "pose"),
                    model=dict(params.get("model") or {}))
 
 
 def output_name(source: str, target: str) -> str:
-    """``<source stem>___<target stem>.png``: the generated picture of one pair."""
+    """``<source stem>___<target stem>.png``: the generated picture (and predicted parsing) of one pair."""
     stem = lambda name: name[:-4] if name.lower().endswith((".jpg", ".png")) else name  # noqa: E731
     return safe_name(f"{stem(source)}{SEPARATOR}{stem(target)}.png", "pairs")
 
@@ -122,7 +633,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
 
 
-def fingerprint(checkpoint: Path, dataset, pose_mode: str, pose_sigma: float, amp: torch.dtype | None) -> str:
+def fingerprint(checkpoint: Path, dataset: PairDataset, amp: torch.dtype | None) -> str:
     """Hash of everything that decides the generated pictures.
 
     The checkpoint's bytes, the test inputs' bytes (pairs CSV, keypoints, every
@@ -137,14 +648,15 @@ def fingerprint(checkpoint: Path, dataset, pose_mode: str, pose_sigma: float, am
             while block := f.read(1 << 20):
                 h.update(block)
 
-    add(checkpoint)
     layout, phase = dataset.layout, dataset.phase
+    add(checkpoint)
     add(layout.pairs(phase))
     add(layout.keypoints(phase))
     for name in dataset.names:
         add(layout.image(phase, name))
         add(layout.parsing_map(phase, name))
-    h.update(json.dumps([_FINGERPRINT_VERSION, list(dataset.image_size), pose_mode, pose_sigma, str(amp)]).encode())
+    pose = dataset.pose_config
+    h.update(json.dumps([_FINGERPRINT_VERSION, list(dataset.image_size), pose.mode, pose.sigma, str(amp)]).encode())
     return h.hexdigest()[:20]
 
 
@@ -155,9 +667,9 @@ def strip_indices(count: int, strips: int) -> set[int]:
     return set(np.linspace(0, count - 1, strips).round().astype(int).tolist()) if strips else set()
 
 
-def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest: dict) -> None:
+def _prepare_output(job: GenerationJob, stamp: str, manifest: dict) -> None:
     """Keep the pictures of a run with the same fingerprint, for the pairs still listed; clear the rest."""
-    path = out_dir / MANIFEST
+    path = job.out_dir / MANIFEST
     previous = None
     if path.is_file():
         try:
@@ -166,9 +678,10 @@ def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest
             previous = None
     keep = {f for _, _, f in manifest["pairs"]} if previous == stamp else set()
     keep_strips = set(manifest["strips"]) & keep
-    stale = [p for p in out_dir.glob("*.png") if p.name not in keep] if out_dir.is_dir() else []
-    if strips_dir is not None and strips_dir.is_dir():
-        stale += [p for p in strips_dir.glob("*.png") if p.name not in keep_strips]
+    stale = []
+    for folder, kept in ((job.out_dir, keep), (job.parsing_dir, keep), (job.strips_dir, keep_strips)):
+        if folder is not None and folder.is_dir():
+            stale += [p for p in folder.glob("*.png") if p.name not in kept]
     if stale:
         why = "are no longer listed" if previous == stamp else "come from another checkpoint, data or settings"
         print(f"test: removing {len(stale)} earlier pictures that {why}", flush=True)
@@ -178,51 +691,46 @@ def _prepare_output(out_dir: Path, strips_dir: Path | None, stamp: str, manifest
 
 
 @torch.no_grad()
-def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path, *,
-                        strips_dir: str | Path | None = STRIPS_DIR, batch_size: int = 8,
-                        device: torch.device | str = "cpu", amp: torch.dtype | None = None,
-                        strips: int = 16, limit: int = 0, workers: int = 0, stamp: str = "",
-                        info: Mapping[str, Any] | None = None) -> dict:
-    """Generate every pair of ``dataset`` (a :class:`casd.data.dataset.PairDataset` of the test phase).
+def generate_test_pairs(generator, dataset: PairDataset, job: GenerationJob, stamp: str = "",
+                        checkpoint_source: str | None = None) -> dict:
+    """Generate every pair of ``dataset`` (a test-phase :class:`PairDataset`) as ``job`` says.
 
-    Writes ``out_dir/<output_name>`` per pair, strips for :func:`strip_indices`
-    pairs under ``strips_dir``, and ``out_dir/manifest.json`` (pairs, file
-    names, fingerprint ``stamp``, timing). Pairs whose picture exists under the
-    same ``stamp`` are skipped. Returns the manifest.
+    Writes ``job.out_dir/<output_name>`` and ``job.parsing_dir/<output_name>``
+    per pair, strips (:data:`STRIP_PANELS`) for :func:`strip_indices` pairs under
+    ``job.strips_dir`` (None: no strips), and ``out_dir/manifest.json``
+    (pairs, file names, fingerprint ``stamp``, timing). Pairs already written
+    under the same ``stamp`` are skipped. Returns the manifest.
     """
-    from tqdm import tqdm
-
-    from casd.data.dataset import add_pose_input
-
-    out_dir = Path(out_dir)
-    strips_dir = Path(strips_dir) if strips_dir is not None else None
-    device = torch.device(device)
+    cfg = job.config
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.amp, device)
     generator = generator.to(device).eval().set_modulated_norm("sample")  # upstream's batch-1 pictures, batched
     names = dataset.names
     pairs = [(names[int(s)], names[int(t)]) for s, t in dataset.pairs]
-    if limit:
-        pairs = pairs[:limit]
+    if cfg.limit:
+        pairs = pairs[:cfg.limit]
     files = [output_name(s, t) for s, t in pairs]
     if len(set(files)) != len(files):
         dup = next(f for f in files if files.count(f) > 1)
         raise DataError(dataset.layout.pairs(dataset.phase), f"pair listed twice (output {dup})")
-    with_strip = strip_indices(len(pairs), strips)
+    with_strip = strip_indices(len(pairs), cfg.strips) if job.strips_dir is not None else set()
     manifest = {"fingerprint": stamp, "image_size": list(dataset.image_size), "pose_mode": dataset.pose_config.mode,
-                "amp": str(amp).replace("torch.", "") if amp else "none", "checkpoint_source": (info or {}).get(
-                    "source"), "pairs": [[s, t, f] for (s, t), f in zip(pairs, files)],
-                "strips": sorted(files[i] for i in with_strip)}
-    _prepare_output(out_dir, strips_dir, stamp, manifest)
+                "amp": str(amp).replace("torch.", "") if amp else "none", "checkpoint_source": checkpoint_source,
+                "checkpoint": cfg.checkpoint, "predicted_parsing": str(job.parsing_dir),
+                "pairs": [[s, t, f] for (s, t), f in zip(pairs, files)],
+                "strips": sorted(files[i] for i in with_strip), "strip_panels": list(STRIP_PANELS)}
+    _prepare_output(job, stamp, manifest)
 
     def done(i: int) -> bool:
-        return (out_dir / files[i]).is_file() and (i not in with_strip or strips_dir is None
-                                                  or (strips_dir / files[i]).is_file())
+        return ((job.out_dir / files[i]).is_file() and (job.parsing_dir / files[i]).is_file()
+                and (i not in with_strip or (job.strips_dir / files[i]).is_file()))
 
     todo = [i for i in range(len(pairs)) if not done(i)]
     skipped = len(pairs) - len(todo)
     if skipped:
         print(f"test: {skipped} of {len(pairs)} pairs already generated, {len(todo)} to go", flush=True)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=cfg.batch_size,
+                                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
     started = time.perf_counter()
     order = iter(todo)
     with tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
@@ -230,23 +738,25 @@ def generate_test_pairs(generator: torch.nn.Module, dataset, out_dir: str | Path
             batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             add_pose_input(batch, dataset.image_size, dataset.pose_config)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                fake = generator.decode(batch["BP2"], generator.encode_style(batch["P1"], batch["SP1"]))[0]
-            fake = fake.float()
-            pictures = visuals.to_uint8(fake)  # [B, H, W, 3]
+                fake, attention = generator.decode(batch["BP2"], generator.encode_style(batch["P1"], batch["SP1"]))
+            pictures = visuals.to_uint8(fake.float())  # [B, H, W, 3]
+            regions = predicted_parsing(attention, dataset.image_size).cpu().numpy()  # [B, H, W]
             sources, truths = visuals.to_uint8(batch["P1"]), visuals.to_uint8(batch["P2"])
             for b, picture in enumerate(pictures):
                 i = next(order)
-                visuals.save_png(picture, out_dir / files[i])
-                if strips_dir is not None and i in with_strip:
+                visuals.save_png(picture, job.out_dir / files[i])
+                visuals.save_png(regions[b], job.parsing_dir / files[i])
+                if i in with_strip:
                     skeleton = visuals.draw_skeleton(batch["K2"][b], dataset.image_size)
-                    visuals.save_png(visuals.make_strip([sources[b], skeleton, picture, truths[b]]),
-                                     strips_dir / files[i])
+                    strip = visuals.make_strip([sources[b], skeleton, picture, truths[b],
+                                                visuals.parsing_colours(regions[b])])
+                    visuals.save_png(strip, job.strips_dir / files[i])
             bar.update(len(pictures))
     seconds = time.perf_counter() - started
     manifest.update(complete=True, generated=len(todo), skipped=skipped, seconds=round(seconds, 3),
                     pairs_per_s=round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
-                    batch_size=batch_size, device=str(device))
-    write_json(out_dir / MANIFEST, manifest)
+                    batch_size=cfg.batch_size, device=str(device))
+    write_json(job.out_dir / MANIFEST, manifest)
     return manifest
 
 
@@ -261,56 +771,47 @@ def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:
     return manifest
 
 
-def run_test(job: TestJob) -> dict:
-    """The test stage: load the checkpoint named by ``test.checkpoint`` and generate every test pair."""
-    from casd.data.dataset import PairDataset
-    from casd.data.pose import PoseConfig
-
-    cfg = job.test
-    device = resolve_device(cfg.device)
-    amp = autocast_dtype(cfg.amp, device)
-    checkpoint = Path(cfg.checkpoint)
+def run_test(job: GenerationJob) -> dict:
+    """The test stage: load ``test.checkpoint`` (checked against params) and generate every test pair."""
+    checkpoint = Path(job.config.checkpoint)
+    device = resolve_device(job.config.device)
     loaded = load_generator(checkpoint, device=device, modulated_norm="sample")
-    loaded.check_settings(model=job.model, image_size=job.image_size, pose_mode=job.pose_mode)
-    generator = loaded.generator
-    pose_mode = loaded.pose_mode or job.pose_mode
-    pose_sigma = float(loaded.pose_sigma or job.pose_sigma)
-    info = {**loaded.extra, "source": "upstream" if loaded.format == "upstream" else "casd"}
-    if not getattr(generator, "vgg_pretrained", True):
+    loaded.check_settings(model=job.model, image_size=job.image_size, pose_mode=job.pose.mode)
+    pose = PoseConfig(mode=loaded.pose_mode or job.pose.mode, sigma=loaded.pose_sigma or job.pose.sigma)
+    if not loaded.generator.vgg_pretrained:
         print("test: note: this generator's style encoder VGG holds random weights (model.vgg_weights: none)",
               flush=True)
-    dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False,
-                          pose_config=PoseConfig(mode=pose_mode, sigma=pose_sigma), preload=False)
-    stamp = fingerprint(checkpoint, dataset, pose_mode, pose_sigma, amp)
-    manifest = generate_test_pairs(generator, dataset, job.out_dir, strips_dir=job.strips_dir,
-                                   batch_size=cfg.batch_size, device=device, amp=amp, strips=cfg.strips,
-                                   limit=cfg.limit, workers=cfg.workers, stamp=stamp,
-                                   info={**info, "checkpoint": str(checkpoint)})
+    dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False, pose_config=pose, preload=False)
+    stamp = fingerprint(checkpoint, dataset, autocast_dtype(job.config.amp, device))
+    manifest = generate_test_pairs(loaded.generator, dataset, job, stamp,
+                                   "upstream" if loaded.format == "upstream" else "casd")
     rate = f", {manifest['pairs_per_s']} pairs/s" if manifest.get("pairs_per_s") else ""
     print(f"test: {len(manifest['pairs'])} pairs -> {job.out_dir} ({manifest['generated']} generated, "
-          f"{manifest['skipped']} already there{rate}); strips -> {job.strips_dir}", flush=True)
+          f"{manifest['skipped']} already there{rate}); predicted parsing -> {job.parsing_dir}; "
+          f"strips -> {job.strips_dir}", flush=True)
     return manifest
 
 
 def run_from_params(params_path: str | Path = "params.yaml") -> dict:
     """The test stage: params.yaml -> :func:`run_test` with the standard paths."""
-    return run_test(TestJob.from_params(load_params(params_path)))
+    return run_test(GenerationJob.from_params(load_params(params_path)))
 
 
-def test_cli(argv: list[str]) -> None:
+def run_test_cli(argv: list[str]) -> None:
     """``casd test``: generate every test pair (the test stage)."""
-    parser = argparse.ArgumentParser(prog="casd test", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="casd test", description="Generate every test pair (the test stage).")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--checkpoint", help="override test.checkpoint")
     parser.add_argument("--batch-size", type=int, help="override test.batch_size")
     parser.add_argument("--device", help="override test.device")
     args = parser.parse_args(argv)
-    job = TestJob.from_params(load_params(args.params))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CasdError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.device is not None:
+        resolve_device(args.device)
+    job = GenerationJob.from_params(load_params(args.params))
     overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "batch_size": args.batch_size,
                                    "device": args.device}.items() if v is not None}
     if overrides:
-        job = dataclasses.replace(job, test=dataclasses.replace(job.test, **overrides))
+        job = dataclasses.replace(job, config=dataclasses.replace(job.config, **overrides))
     run_test(job)
-
-
-test_cli.__test__ = False  # not a pytest test, despite the name

@@ -1,4 +1,4 @@
-"""casd.generate: pose transfer and style control through the Synthesizer API and the CLI.
+"""casd.inference.Synthesizer and casd generate: pose transfer and style control through the Synthesizer API and the CLI.
 
 A random-init tiny generator (vgg_weights none) on a few 32x24 prepared images
 written here: the checks are about what is computed (which tokens, which
@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import generate, visuals
+from casd import inference, visuals
 from casd.errors import CasdError, DataError
 from casd.data.layout import REGION_NAMES
 from casd.models.generator import Generator, GeneratorConfig
@@ -68,7 +68,7 @@ def generator():
 
 @pytest.fixture()
 def synth(generator, data_root):
-    return generate.Synthesizer(generator, SIZE, data_root=data_root)
+    return inference.Synthesizer(generator, SIZE, data_root=data_root)
 
 
 @functools.cache
@@ -79,7 +79,7 @@ def _reader_generator():
 
 
 def _person_tensors(data_root, name):
-    synth = generate.Synthesizer(_reader_generator(), SIZE, data_root=data_root)
+    synth = inference.Synthesizer(_reader_generator(), SIZE, data_root=data_root)
     person = synth.person(name)
     return person.image[None], person.parsing[None], synth.keypoints(name)[None]
 
@@ -189,15 +189,20 @@ def test_bad_inputs_are_one_clear_error_each(synth, tmp_path):
 
 
 def test_generate_pairs_writes_images_and_strips(synth, tmp_path):
-    written = generate.generate_pairs(synth, [(NAMES[0], NAMES[1]), (NAMES[2], NAMES[3])], tmp_path,
+    written = inference.generate_pairs(synth, [(NAMES[0], NAMES[1]), (NAMES[2], NAMES[3])], tmp_path,
                                       swaps={"upper_clothes": NAMES[3]}, batch_size=2)
     images = [p for p in written if not p.name.endswith("_strip.png")]
     strips = [p for p in written if p.name.endswith("_strip.png")]
     assert len(images) == len(strips) == 2
     with Image.open(images[0]) as img:
         assert img.size == (SIZE[1], SIZE[0])
-    with Image.open(strips[0]) as img:  # source | pose | donor | result, 2 px gaps
-        assert img.size == (4 * SIZE[1] + 3 * 2, SIZE[0])
+    with Image.open(strips[0]) as img:  # source | pose | donor | result | predicted parsing, 2 px gaps
+        strip = np.asarray(img)
+    assert strip.shape == (SIZE[0], 5 * SIZE[1] + 4 * 2, 3)
+    _, regions = synth.transfer_with_parsing(NAMES[0], NAMES[1])  # no swap: another picture, but a parsing
+    assert regions.shape == SIZE and regions.dtype == torch.uint8 and int(regions.max()) < 8
+    parsing_panel = strip[:, 4 * (SIZE[1] + 2):]
+    assert {tuple(c) for c in parsing_panel.reshape(-1, 3)} <= {tuple(c) for c in visuals.REGION_COLOURS}
     # the written result is the single-pair swap (batched float noise may move a value by one level)
     expected = visuals.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[3]})).astype(int)
     with Image.open(images[0]) as img:

@@ -11,7 +11,7 @@ from casd import checkpoints as importer
 from casd.checkpoints import export_upstream_state_dict, load_checkpoint, load_generator
 from casd.cli import main as casd_main
 from casd.errors import CasdError, DataError
-from casd.generate import Synthesizer
+from casd.inference import Synthesizer
 from casd.models.discriminator import Discriminator
 from casd.models.generator import Generator, GeneratorConfig
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import inference
+from casd import inference, visuals
 from casd.errors import ConfigError
 from casd.models.generator import GeneratorConfig
 from tests.conftest import TINY_IMAGE_SIZE
@@ -52,9 +52,11 @@ def checkpoints(tmp_path_factory):
 
 
 def _job(root, out, checkpoint, **test):
-    config = inference.TestConfig(checkpoint=str(checkpoint), device="cpu", **{"batch_size": 4, "strips": 3, **test})
-    return inference.TestJob(test=config, image_size=TINY_IMAGE_SIZE, data_root=root, out_dir=out / "generated",
-                             strips_dir=out / "strips")
+    config = inference.GenerationConfig(checkpoint=str(checkpoint), device="cpu",
+                                        **{"batch_size": 4, "strips": 3, **test})
+    return inference.GenerationJob(config=config, image_size=TINY_IMAGE_SIZE, data_root=root,
+                                   out_dir=out / "generated", parsing_dir=out / "predicted_parsing",
+                                   strips_dir=out / "strips")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,7 @@ def test_every_pair_generated_under_its_name_with_strips(reference, tiny_prepare
     assert len(pairs) >= 9  # three batches of 4 at least partly filled
     expected = {f"{s[:-4]}___{t[:-4]}.png" for s, t in pairs}
     assert {p.name for p in job.out_dir.glob("*.png")} == expected
+    assert {p.name for p in job.parsing_dir.glob("*.png")} == expected
     assert [tuple(p) for p in manifest["pairs"]] == [(s, t, inference.output_name(s, t)) for s, t in pairs]
     assert manifest["complete"] and manifest["generated"] == len(pairs) and manifest["skipped"] == 0
     strips = sorted(job.strips_dir.glob("*.png"))
@@ -97,11 +100,15 @@ def test_every_pair_generated_under_its_name_with_strips(reference, tiny_prepare
     h, w = TINY_IMAGE_SIZE
     picture = np.asarray(Image.open(job.out_dir / strips[0].name))
     strip = np.asarray(Image.open(strips[0]))
-    assert picture.shape == (h, w, 3) and strip.shape == (h, 4 * w, 3)
-    np.testing.assert_array_equal(strip[:, 2 * w:3 * w], picture)  # source | pose | generated | truth
+    assert picture.shape == (h, w, 3) and strip.shape == (h, 5 * w, 3)
+    np.testing.assert_array_equal(strip[:, 2 * w:3 * w], picture)  # source | pose | generated | truth | parsing
+    regions = np.asarray(Image.open(job.parsing_dir / strips[0].name))
+    assert regions.shape == (h, w) and regions.dtype == np.uint8 and regions.max() < 8
+    np.testing.assert_array_equal(strip[:, 4 * w:], visuals.parsing_colours(regions))
+    assert manifest["strip_panels"] == ["source", "target pose", "generated", "ground truth", "predicted parsing"]
     source, target = next((s, t) for s, t in pairs if inference.output_name(s, t) == strips[0].name)
     truth = np.asarray(Image.open(tiny_prepared / "resized" / "test" / target))
-    assert np.abs(strip[:, 3 * w:].astype(int) - truth).max() <= 1
+    assert np.abs(strip[:, 3 * w:4 * w].astype(int) - truth).max() <= 1
     assert picture.std() > 1  # not a blank picture
 
 
@@ -166,11 +173,11 @@ def test_upstream_state_dict_is_converted_on_the_fly(reference, tiny_prepared, c
 
 
 def test_limit_and_config_checks(job):
-    limited = dataclasses.replace(job, test=dataclasses.replace(job.test, limit=2, strips=-1))
+    limited = dataclasses.replace(job, config=dataclasses.replace(job.config, limit=2, strips=-1))
     manifest = inference.run_test(limited)
     assert len(manifest["pairs"]) == 2 and len(list(job.strips_dir.glob("*.png"))) == 2
     with pytest.raises(ConfigError, match="amp"):
-        inference.TestConfig(amp="fp8")
+        inference.GenerationConfig(amp="fp8")
     with pytest.raises(ConfigError, match="image_size"):
         inference.run_test(dataclasses.replace(job, image_size=(128, 88)))
     assert inference.strip_indices(10, 3) == {0, 4, 9} or len(inference.strip_indices(10, 3)) == 3
@@ -183,8 +190,8 @@ def test_repository_params_build_the_test_job():
     from casd.config import load_params
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    job = inference.TestJob.from_params(params)
-    assert job.test.checkpoint and job.image_size == tuple(params["data"]["image_size"])
+    job = inference.GenerationJob.from_params(params)
+    assert job.config.checkpoint and job.image_size == tuple(params["data"]["image_size"])
     assert job.out_dir == Path("data/generated") and job.strips_dir == Path("data/strips")
 
 
@@ -196,10 +203,12 @@ def test_changed_test_inputs_or_pair_list_are_not_reused(reference, tiny_prepare
         shutil.copytree(tiny_prepared / part, data / part)
     job = _job(data, tmp_path, checkpoints["casd"], limit=4, strips=0)
     shutil.copytree(reference[0].out_dir, job.out_dir)
+    shutil.copytree(reference[0].parsing_dir, job.parsing_dir)
     shutil.copytree(reference[0].strips_dir, job.strips_dir)
     manifest = inference.run_test(job)  # same checkpoint and inputs: nothing to do but drop unlisted pairs
     assert manifest["generated"] == 0 and manifest["skipped"] == 4
     assert sorted(p.name for p in job.out_dir.glob("*.png")) == sorted(f for _, _, f in manifest["pairs"])
+    assert sorted(p.name for p in job.parsing_dir.glob("*.png")) == sorted(f for _, _, f in manifest["pairs"])
     assert not list(job.strips_dir.glob("*.png"))  # strips no longer asked for are removed too
     target = data / "resized" / "test" / manifest["pairs"][0][1]
     image = np.asarray(Image.open(target)).copy()
@@ -218,3 +227,14 @@ def test_autocast_path_runs_and_stays_close(reference, tiny_prepared, checkpoint
         a = np.asarray(Image.open(path)).astype(int)
         b = np.asarray(Image.open(reference[0].out_dir / path.name)).astype(int)
         assert np.abs(a - b).mean() < 8, path.name
+
+
+def test_predicted_parsing_is_the_argmax_of_the_averaged_attention():
+    a = torch.zeros(1, 8, 2, 4)
+    a[:, 1, :, :2], a[:, 2, :, 2:] = 3.0, 3.0  # block a: region 1 on the left, 2 on the right
+    b = torch.zeros(1, 8, 2, 4)
+    b[:, 5] = 1.0                             # block b: a weaker vote for region 5 everywhere
+    regions = inference.predicted_parsing([a, b], (4, 8))
+    assert regions.dtype == torch.uint8 and regions.shape == (1, 4, 8)
+    assert (regions[0, :, :3] == 1).all() and (regions[0, :, 5:] == 2).all()
+    assert (inference.predicted_parsing([b, b], (4, 8)) == 5).all()
