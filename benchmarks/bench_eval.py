@@ -12,7 +12,7 @@ Measures:
   1.31 s per pair for upstream's generator at 256x176 on a 2-core CPU;
 - FID: Inception pool3 feature extraction, images/s, batch 1 vs batched
   (random weights: the cost does not depend on their values);
-- SSIM (scikit-image's function, pair by pair) pairs/s; LPIPS (AlexNet,
+- SSIM (scikit-image's function, pair by pair) pairs/s; region colours + parsing confusion pairs/s; LPIPS (AlexNet,
   random weights) pairs/s, the ``lpips`` per-pair loop vs the batched metric.
 
 The inputs are random tensors: throughput does not depend on the content.
@@ -128,9 +128,19 @@ def bench_pair_metrics(n: int, size: tuple[int, int], batch: int, device: torch.
         for s in range(0, n, batch):
             metrics.lpips_distance(net, a[s:s + batch], b[s:s + batch])
 
-    ts = timed(ssim_metric)
+    rng = np.random.default_rng(1)
+    regions = rng.integers(0, 8, a.shape[:3]).astype(np.uint8)
+    blind = rng.uniform(0, 255, (8, 3))
+
+    def region_metrics():  # region colours and the parsing confusion matrix, vectorised per batch
+        for s in range(0, n, batch):
+            metrics.colour_errors(a[s:s + batch], b[s:s + batch], regions[s:s + batch], b[s:s + batch],
+                                  regions[s:s + batch], blind)
+            metrics.confusion_matrix(regions[s:s + batch], regions[s:s + batch][:, ::-1], 8)
+
+    ts, tr = timed(ssim_metric), timed(region_metrics)
     tl1, tlb = timed(lpips_loop), timed(lpips_batched)
-    return {"pairs": n, "batch": batch, "ssim_pairs_per_s": n / ts,
+    return {"pairs": n, "batch": batch, "ssim_pairs_per_s": n / ts, "colour_and_parsing_pairs_per_s": n / tr,
             "lpips_loop_pairs_per_s": n / tl1, "lpips_batched_pairs_per_s": n / tlb}
 
 

@@ -1,4 +1,4 @@
-"""Stage: SSIM / PSNR / LPIPS / FID of the generated test pairs, the HTML report, MLflow (see casd/evaluation/evaluate.py)."""
+"""Stage: scores of the generated test pairs (image metrics, region colours, predicted parsing), the report, MLflow."""
 
 from casd.config import run_stage
 from casd.evaluation.evaluate import run_from_params

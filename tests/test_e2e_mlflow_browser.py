@@ -115,7 +115,7 @@ def evaluated(mlflow_server, tiny_prepared, tmp_path_factory):
         train_run.end()
         train_run.write_run_file(paths.run_file, config)
         result = evaluate.evaluate(evaluate.EvaluateConfig(metrics=("ssim", "psnr"), device="cpu", batch_size=4),
-                                   paths, params=params)
+                                   paths, params=params).numbers
     finally:
         if previous is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous

@@ -80,9 +80,9 @@ def test_lpips_equals_package_with_same_random_weights(random_lpips):
 
     ref = random_lpips
     trunk = {f"features.{i}.{p}": getattr(getattr(getattr(ref.net, f"slice{k}"), str(i)), p)
-             for i, k in metrics._ALEXNET_TO_LPIPS.items() for p in ("weight", "bias")}
+             for i, k in {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}.items() for p in ("weight", "bias")}
     linear = {f"lin{i}.model.1.weight": ref.lins[i].model[1].weight for i in range(5)}
-    ours = metrics.build_lpips(alexnet=trunk, linear=linear)
+    ours = metrics.build_lpips("alex", trunk=trunk, linear=linear)
 
     a, b = _pairs(h=64, w=44)  # the AlexNet trunk needs the demo's 64x44 at least
     got = metrics.lpips_distance(ours, a, b)
@@ -95,13 +95,33 @@ def test_lpips_equals_package_with_same_random_weights(random_lpips):
 def test_lpips_real_path_loads_package_linear_layers_and_names_missing_trunk(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the trunk cannot be found
     with pytest.raises(WeightsError, match="alexnet-owt-7be5be79.pth"):
-        metrics.build_lpips("auto")
-    net = metrics.build_lpips(alexnet=None, linear="package")
+        metrics.build_lpips("alex", "auto")
+    with pytest.raises(WeightsError, match="vgg16-397923af.pth"):
+        metrics.build_lpips("vgg", "auto")
+    net = metrics.build_lpips("alex", trunk=None, linear="package")
     import lpips
 
     stored = torch.load(f"{lpips.__path__[0]}/weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
     torch.testing.assert_close(net.lin2.model[1].weight, stored["lin2.model.1.weight"])
     assert net.lins[2].model[1].weight is net.lin2.model[1].weight
+
+
+def test_lpips_vgg_equals_package_with_same_random_weights():
+    import lpips
+
+    torch.manual_seed(1)
+    with metrics._quiet_torchvision():
+        ref = lpips.LPIPS(pretrained=False, pnet_rand=True, net="vgg", version="0.1", verbose=False).eval()
+    for lin in ref.lins:
+        torch.nn.init.uniform_(lin.model[1].weight, 0.0, 1.0)
+    convs = {0: 1, 2: 1, 5: 2, 7: 2, 10: 3, 12: 3, 14: 3, 17: 4, 19: 4, 21: 4, 24: 5, 26: 5, 28: 5}
+    trunk = {f"features.{i}.{p}": getattr(getattr(getattr(ref.net, f"slice{k}"), str(i)), p)
+             for i, k in convs.items() for p in ("weight", "bias")}
+    linear = {f"lin{i}.model.1.weight": ref.lins[i].model[1].weight for i in range(5)}
+    ours = metrics.build_lpips("vgg", trunk=trunk, linear=linear)
+    a, b = _pairs(n=2, h=32, w=32)
+    want = torch.stack([ref(lpips.im2tensor(x), lpips.im2tensor(y)).reshape(()) for x, y in zip(a, b)])
+    torch.testing.assert_close(metrics.lpips_distance(ours, a, b), want.float(), rtol=1e-5, atol=1e-7)
 
 
 def test_frechet_distance_equals_pytorch_fid():
@@ -206,3 +226,81 @@ def test_inception_real_path_names_missing_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
         metrics.build_inception("auto")
+
+
+# --------------------------------------------------------------------------- region colours, parsing maps
+
+PANTS, HAIR, FACE, UPPER = 1, 2, 4, 5
+
+
+def _person(colours, h=16, w=12):
+    """A hand-made person: hair, face, upper clothes and pants in horizontal bands of the given colours."""
+    regions = np.zeros((h, w), np.uint8)
+    regions[0:3], regions[3:6], regions[6:11], regions[11:15] = HAIR, FACE, UPPER, PANTS
+    image = np.full((h, w, 3), 255, np.uint8)  # white background
+    for region, colour in colours.items():
+        image[regions == region] = colour
+    return image, regions
+
+
+def test_colour_errors_perfect_transfer_and_source_blind_image():
+    colours = {HAIR: (20, 10, 5), FACE: (230, 180, 150), UPPER: (30, 60, 200), PANTS: (40, 140, 40)}
+    truth, target_regions = _person(colours)
+    source, source_regions = _person(colours, h=20)  # same person, another frame
+    training_mean = np.full((8, 3), np.nan)
+    training_mean[[HAIR, FACE, UPPER, PANTS]] = [(60, 40, 30), (200, 160, 140), (120, 40, 120), (100, 80, 60)]
+    batch = lambda *images: np.stack(images)  # noqa: E731
+
+    perfect = metrics.colour_errors(batch(truth), batch(truth), batch(target_regions), batch(source),
+                                    batch(source_regions), training_mean)
+    summary = metrics.colour_gap(perfect)
+    assert summary["error"] == 0 and summary["error_source_colours"] == 0 and summary["gap_closed"] == 1
+    assert summary["error_training_mean"] > 30
+    # a source whose clothes are greyer than the target's: perfect transfer is the source's colours
+    greyer, _ = _person({**colours, UPPER: (60, 80, 160)}, h=20)
+    blind_image, _ = _person({r: tuple(training_mean[r].astype(np.uint8)) for r in colours})
+    for generated, gap in ((greyer[:16], 1.0), (blind_image, 0.0)):
+        errors = metrics.colour_errors(batch(generated), batch(truth), batch(target_regions), batch(greyer),
+                                       batch(source_regions), training_mean)
+        summary = metrics.colour_gap(errors)
+        assert summary["gap_closed"] == pytest.approx(gap, abs=1e-12)
+    np.testing.assert_allclose(errors["model"], errors["training_mean"])  # the blind image scores the blind reference
+    # upper clothes of the blind image: RMS over RGB of (120, 40, 120) vs (30, 60, 200)
+    expected = np.sqrt(((np.array([120, 40, 120]) - [30, 60, 200]) ** 2).mean())
+    assert errors["model"][0, UPPER] == pytest.approx(expected)
+    assert np.isnan(errors["model"][0, [0, 3, 6, 7]]).all()  # background, glove, arms, legs: not in the table
+
+
+def test_colour_errors_ignore_regions_missing_from_the_source():
+    truth, target_regions = _person({HAIR: (0, 0, 0), FACE: (200, 150, 120), UPPER: (10, 20, 30), PANTS: (5, 5, 5)})
+    source_regions = target_regions.copy()
+    source_regions[source_regions == PANTS] = 0  # the source shows no pants
+    errors = metrics.colour_errors(truth[None], truth[None], target_regions[None], truth[None], source_regions[None],
+                                   np.zeros((8, 3)))
+    assert all(np.isnan(e[0, PANTS]) for e in errors.values())
+    assert all(np.isfinite(e[0, UPPER]) for e in errors.values())
+
+
+def test_region_mean_colours_vectorised_equals_a_loop():
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 10, 7, 3), dtype=np.uint8)
+    regions = rng.integers(0, 8, (3, 10, 7)).astype(np.uint8)
+    regions[1][regions[1] == 2] = 0  # region 2 absent from image 1
+    means = metrics.region_mean_colours(images, regions, 8)
+    for b in range(3):
+        for r in range(8):
+            mask = regions[b] == r
+            if mask.any():
+                np.testing.assert_allclose(means[b, r], images[b][mask].mean(0))
+            else:
+                assert np.isnan(means[b, r]).all()
+
+
+def test_parsing_scores_on_hand_made_maps():
+    truth = np.array([[[0, 0, 1, 1], [2, 2, 1, 1]]])
+    assert metrics.parsing_scores(metrics.confusion_matrix(truth, truth, 8)) == {"pixel_accuracy": 1.0, "miou": 1.0}
+    predicted = np.array([[[0, 1, 1, 1], [2, 2, 1, 3]]])
+    scores = metrics.parsing_scores(metrics.confusion_matrix(predicted, truth, 8))
+    assert scores["pixel_accuracy"] == 6 / 8
+    # IoU: 0: 1/2, 1: 3/5 (hits 3; truth 4, predicted 4 -> union 5), 2: 2/2, 3: 0/1; regions 4..7 absent
+    assert scores["miou"] == pytest.approx((1 / 2 + 3 / 5 + 1 + 0) / 4)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 from html.parser import HTMLParser
 
 import numpy as np
@@ -12,14 +14,23 @@ import torch
 from PIL import Image
 
 from casd import inference
+from casd.errors import DataError
 from casd.evaluation import evaluate, metrics
 
 
 def _fake_test_stage(root, paths, count=6, strips=2):
-    """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest."""
-    from casd.data.layout import read_pairs
+    """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest,
+    predicted target parsing (the ground truth's, with the first pair's right half set to background)."""
+    from casd.data.layout import flat_stem, read_pairs
 
     pairs = read_pairs(root / "split" / "pairs-test.csv")[:count]
+    paths.predicted_parsing.mkdir(parents=True, exist_ok=True)
+    for i, (source, target) in enumerate(pairs):
+        regions = np.asarray(Image.open(root / "parsing" / "test" / f"{flat_stem(target)}.png"))
+        if i == 0:
+            regions = regions.copy()
+            regions[:, regions.shape[1] // 2:] = 0
+        Image.fromarray(regions).save(paths.predicted_parsing / f"{flat_stem(source)}___{flat_stem(target)}.png")
     rng = np.random.default_rng(0)
     rows = []
     for i, (source, target) in enumerate(pairs):
@@ -43,6 +54,7 @@ def stage(tiny_prepared, tmp_path):
     paths = evaluate.EvaluatePaths.under(tmp_path)
     paths.test_images = tiny_prepared / "resized" / "test"
     paths.train_images = tiny_prepared / "resized" / "train"
+    paths.parsing = tiny_prepared / "parsing"
     rows = _fake_test_stage(tiny_prepared, paths)
     paths.loss_csv.parent.mkdir(parents=True, exist_ok=True)
     paths.loss_csv.write_text("epoch,step,lr,l1,g_total,d_pb,samples_per_s\n"
@@ -97,6 +109,12 @@ def _parse(path):
     return parser
 
 
+def _numbers_only(value):
+    if isinstance(value, dict):
+        return all(_numbers_only(v) for v in value.values())
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def test_scores_equal_the_packages_and_the_report_shows_them(stage, random_networks):
     import lpips as lpips_package
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -127,45 +145,64 @@ def test_scores_equal_the_packages_and_the_report_shows_them(stage, random_netwo
                                      channel_axis=-1)
         assert row["baseline_ssim"] == pytest.approx(base, rel=1e-9)
 
-    # aggregates: means of the CSV; FID finite; the noisier pairs score worse
+    # aggregates: means of the CSV; FID finite; the noisier pairs score worse; numbers only
     stored = json.loads(paths.metrics.read_text())
-    assert stored == json.loads(json.dumps(result))
-    for name in ("ssim", "psnr", "lpips"):
+    assert stored == json.loads(json.dumps(result.numbers)) and _numbers_only(stored)
+    for name in ("ssim", "ssim_fixed_range", "psnr", "lpips"):
         assert stored[name] == pytest.approx(np.mean([r[name] for r in table]), rel=1e-12)
         assert stored["baseline"][name] == pytest.approx(np.mean([r[f"baseline_{name}"] for r in table]), rel=1e-12)
-    assert stored["pairs"] == len(rows) and "skipped" not in stored
+    assert stored["pairs"] == len(rows) and result.skipped == {}
     assert stored["fid"] > 0 and stored["baseline"]["fid"] > 0
     assert table[0]["ssim"] > table[-1]["ssim"]
     assert len(list(paths.fid_cache.glob("*.npz"))) == 1  # real-image statistics cached
+    # predicted parsing: the truth except half of the first pair; the source's parsing scores lower
+    assert 0.9 < stored["parsing_pixel_accuracy"] < 1 and table[0]["parsing_pixel_accuracy"] < 1
+    assert [r["parsing_pixel_accuracy"] for r in table[1:]] == [1.0] * (len(table) - 1)
+    assert stored["baseline"]["parsing_miou"] < stored["parsing_miou"] <= 1
+    # colour: noisy copies of the ground truth keep their region colours, far from the training means
+    assert stored["colour_error"] < stored["colour_error_training_mean"] / 3
+    assert stored["colour_gap_closed"] > 0.7 and set(stored["colour_regions"]) <= set(evaluate.COLOUR_REGIONS)
+    protocol = json.loads(paths.protocol.read_text())
+    assert protocol["protocol"]["image_size"] == [64, 44] and "bicubic" in protocol["protocol"]["resize_filter"]
 
-    # the report: every number of eval.json, exactly; images; curves; sections
+    # the report: every number of eval.json, exactly; the protocol; images; curves; sections
     page = _parse(paths.report)
-    assert page.sections == ["metrics", "losses", "best", "worst", "samples"]
+    assert page.sections == ["metrics", "colour", "parsing", "losses", "best", "worst", "samples"]
     shown = {(c["data-kind"], c["data-metric"]): c.get("data-value") for c in page.cells}
-    for name in evaluate.METRICS:
+    for name in (*evaluate.IMAGE_METRICS, "parsing_pixel_accuracy", "parsing_miou"):
         assert float(shown[("model", name)]) == stored[name]
         assert float(shown[("baseline", name)]) == stored["baseline"][name]
+    for name in ("colour_error", "colour_gap_closed"):
+        assert float(shown[("model", name)]) == stored[name]
+    text = paths.report.read_text()
+    assert 'id="protocol"' in text and "generated.max() - generated.min()" in text
     assert {s["data-series"] for s in page.svgs} == {"lr", "l1", "g_total", "d_pb", "samples_per_s"}
     by_lpips = sorted(table, key=lambda r: r["lpips"])
     assert page.rows["best"] == [r["file"] for r in by_lpips[:3]]
     assert page.rows["worst"] == [r["file"] for r in by_lpips[::-1][:3]]
     sections = [s for s, _ in page.images]
     assert sections.count("best") == 3 and sections.count("worst") == 3 and sections.count("samples") == 1
+    assert sections.count("parsing") == 1
     assert all(a["src"].startswith("data:image/png;base64,") for _, a in page.images)
 
 
 def test_missing_weights_skip_metrics_and_never_produce_numbers(stage, tmp_path, monkeypatch):
     paths, rows = stage
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    shutil.rmtree(paths.predicted_parsing)
     result = evaluate.evaluate(_config(), paths, track=False)  # networks from the (absent) weight files
-    assert result["lpips"] is None and result["fid"] is None
-    assert result["baseline"]["lpips"] is None and result["baseline"]["fid"] is None
-    assert "alexnet-owt-7be5be79.pth" in result["skipped"]["lpips"] and "looked in" in result["skipped"]["lpips"]
-    assert "pt_inception-2015-12-05-6726825d.pth" in result["skipped"]["fid"]
-    assert isinstance(result["ssim"], float) and isinstance(result["psnr"], float)
+    numbers = json.loads(paths.metrics.read_text())
+    assert numbers["lpips"] is None and numbers["fid"] is None and _numbers_only(numbers)
+    assert numbers["baseline"]["lpips"] is None and numbers["baseline"]["fid"] is None
+    assert numbers["parsing_miou"] is None and numbers["baseline"]["parsing_miou"] > 0  # the source's parsing
+    assert "alexnet-owt-7be5be79.pth" in result.skipped["lpips"] and "looked in" in result.skipped["lpips"]
+    assert "pt_inception-2015-12-05-6726825d.pth" in result.skipped["fid"]
+    assert "no predicted parsing" in result.skipped["parsing"]
+    assert json.loads(paths.protocol.read_text())["skipped"] == result.skipped
+    assert isinstance(numbers["ssim"], float) and isinstance(numbers["psnr"], float)
     with open(paths.pairs_csv, newline="") as f:
         raw = list(csv.DictReader(f))
-    assert all(r["lpips"] == "" and r["baseline_lpips"] == "" for r in raw)
+    assert all("lpips" not in r and "parsing_pixel_accuracy" not in r for r in raw)
     assert all(r["ssim"] != "" for r in raw)
 
     page = _parse(paths.report)
@@ -183,9 +220,10 @@ def test_missing_weights_skip_metrics_and_never_produce_numbers(stage, tmp_path,
 def test_metrics_left_out_by_config_are_skipped(stage):
     paths, _ = stage
     result = evaluate.evaluate(_config(metrics=("ssim",), baseline=False), paths, track=False)
-    assert result["ssim_fixed_range"] is None and result["psnr"] is None and result["lpips"] is None and result["fid"] is None and "baseline" not in result
-    assert result["skipped"] == {"ssim_fixed_range": "not in evaluate.metrics", "psnr": "not in evaluate.metrics", "lpips": "not in evaluate.metrics",
-                                 "fid": "not in evaluate.metrics"}
+    numbers = result.numbers
+    assert all(numbers[m] is None for m in ("ssim_fixed_range", "psnr", "lpips", "fid", "colour_error",
+                                            "parsing_miou")) and "baseline" not in numbers
+    assert result.skipped == {m: "not in evaluate.metrics" for m in evaluate.METRICS if m != "ssim"}
 
 
 def test_unfinished_test_stage_is_an_error(stage):
@@ -201,13 +239,86 @@ def test_unfinished_test_stage_is_an_error(stage):
         evaluate.evaluate(_config(metrics=("ssim",)), paths, track=False)
     with pytest.raises(ConfigError, match="unknown metric"):
         evaluate.EvaluateConfig(metrics=("ssim", "is"))
+    with pytest.raises(ConfigError, match="resize_filter"):
+        evaluate.EvaluateConfig(resize_filter="cubic")
 
 
-def test_repository_params_build_the_evaluate_config():
-    from pathlib import Path
+def test_folder_scoring_equals_the_stage_on_the_same_images(stage, random_networks, tmp_path):
+    from casd import cli
+    from casd.data.layout import write_pairs
 
+    paths, rows = stage
+    stage_result = evaluate.evaluate(_config(), paths, networks=random_networks, track=False)
+    write_pairs(tmp_path / "pairs.csv", [(s, t) for s, t, _ in rows])
+    out = tmp_path / "folder.json"
+    folder = evaluate.evaluate_folder(paths.generated, _config(), paths, out, pairs_csv=tmp_path / "pairs.csv",
+                                      networks=random_networks, report=tmp_path / "folder.html")
+    assert json.loads(out.read_text())["metrics"] == json.loads(paths.metrics.read_text())
+    assert folder.numbers == stage_result.numbers and folder.protocol == stage_result.protocol
+    assert _parse(tmp_path / "folder.html").sections[0] == "metrics"
+    # the command line, SSIM only (no networks), without a pairs CSV: every picture in the folder
+    argv = ["evaluate", "--generated", str(paths.generated), "--out", str(tmp_path / "cli.json"),
+            "--ground-truth", str(paths.test_images), "--train-images", str(paths.train_images),
+            "--parsing", str(paths.parsing), "--predicted-parsing", str(paths.predicted_parsing),
+            "--params", str(tmp_path / "none.yaml")]
+    params = tmp_path / "none.yaml"
+    params.write_text("evaluate:\n  metrics: [ssim, psnr, colour, parsing]\n  device: cpu\n")
+    cli.main(argv)
+    numbers = json.loads((tmp_path / "cli.json").read_text())["metrics"]
+    for name in ("ssim", "psnr", "colour_error", "colour_gap_closed", "parsing_miou"):
+        assert numbers[name] == pytest.approx(stage_result.numbers[name], rel=1e-12)
+
+
+def test_upstream_strips_are_cropped_and_other_names_follow_a_pattern(stage, tmp_path):
+    """Upstream's test.py writes <from>.jpg___<to>_vis.jpg strips of 7 panels, the generated one last."""
+    paths, rows = stage
+    strips, plain, named = tmp_path / "strips", tmp_path / "plain", tmp_path / "named"
+    for folder in (strips, plain, named):
+        folder.mkdir()
+    rng = np.random.default_rng(3)
+    for source, target, name in rows:
+        generated = np.asarray(Image.open(paths.generated / name))
+        panels = [rng.integers(0, 256, generated.shape, dtype=np.uint8) for _ in range(6)] + [generated]
+        strip = tmp_path / f"{source}___{Path(target).stem}_vis.jpg"
+        Image.fromarray(np.concatenate(panels, axis=1)).save(strips / strip.name, quality=90)
+        decoded = np.asarray(Image.open(strips / strip.name).convert("RGB"))
+        assert decoded.shape[1] == 7 * generated.shape[1]
+        panel = decoded[:, 6 * generated.shape[1]:]  # what the evaluator must score
+        Image.fromarray(panel).save(plain / name)
+        Image.fromarray(panel).save(named / f"{Path(source).stem}-to-{Path(target).stem}.png")
+    config = _config(metrics=("ssim", "psnr"))
+    scored = {}
+    for folder, patterns in ((strips, evaluate.DEFAULT_PATTERNS), (plain, evaluate.DEFAULT_PATTERNS),
+                             (named, ("{from}-to-{to}.png",))):
+        result = evaluate.evaluate_folder(folder, config, paths, tmp_path / f"{folder.name}.json", patterns=patterns)
+        assert len(result.pairs) == len(rows)
+        scored[folder.name] = result.numbers
+    assert scored["strips"] == scored["plain"] == scored["named"]
+    assert all(p.panel == (6, 7) for p in evaluate.find_generated(strips, paths.test_images))
+    with pytest.raises(DataError, match="7 equal panels"):
+        evaluate.crop_panel(np.zeros((4, 20, 3), np.uint8), 6, 7, "x.jpg")
+
+
+def test_generated_pictures_are_resized_to_the_protocol_size(stage, tmp_path):
+    paths, rows = stage
+    big = tmp_path / "big"
+    big.mkdir()
+    for _, _, name in rows:  # 256x256-like: the pictures at another size, as upstream's frame
+        Image.open(paths.generated / name).resize((64, 64), Image.Resampling.BICUBIC).save(big / name)
+    config = _config(metrics=("ssim",), image_size=(64, 44), resize_filter="bilinear")
+    result = evaluate.evaluate_folder(big, config, paths, tmp_path / "big.json")
+    truth = np.asarray(Image.open(paths.test_images / rows[0][1]).convert("RGB"))
+    resized = np.asarray(Image.open(big / rows[0][2]).resize((44, 64), Image.Resampling.BILINEAR))
+    assert result.rows()[0]["ssim"] == pytest.approx(metrics.ssim(resized[None], truth[None]).item(), rel=1e-12)
+    assert "bilinear" in result.protocol["resize_filter"] and result.protocol["image_size"] == [64, 44]
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-deepfashion.yaml", "params-upstream.yaml"])
+def test_repository_params_build_the_evaluate_config(name):
     from casd.config import from_dict, load_params
 
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    config = from_dict(evaluate.EvaluateConfig, params["evaluate"], "evaluate")
+    path = Path(__file__).resolve().parents[1] / name
+    if not path.is_file():
+        pytest.skip(f"{name} not in this checkout")
+    config = from_dict(evaluate.EvaluateConfig, load_params(path)["evaluate"], "evaluate")
     assert set(config.metrics) == set(evaluate.METRICS)

@@ -1,8 +1,9 @@
-"""The evaluate stage: scores of the generated test pairs -> metrics/eval.json, reports/, MLflow.
+"""Scores of generated images -> metrics/eval.json, the pairs CSV, the report, MLflow.
 
-A metric whose pretrained network cannot be loaded is skipped: null in the JSON, the reason in the
-report, on stdout and in MLflow tags, never a number. ``baseline``: the same scores for a model that
-returns the source image unchanged.
+The evaluate stage and ``casd evaluate --generated DIR`` (any method's outputs) run the same
+:func:`score` under the same :class:`EvaluateConfig` protocol. A metric that cannot be computed
+(missing weights, missing parsing maps) is null in the numbers, its reason in the report, on
+stdout and in MLflow tags. ``baseline``: the same scores for a model that returns the source.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,52 +21,87 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-from casd.evaluation import metrics
-from casd.evaluation.report import build_report
-from casd.config import from_dict, load_params, resolve_device
-from casd.errors import ConfigError, DataError, WeightsError
-from casd.fileio import atomic_path, write_json
-from casd.inference import read_manifest
 from casd import weights
+from casd.config import from_dict, load_params, resolve_device
+from casd.data.layout import NUM_REGIONS, REGION_NAMES, flat_stem, read_image, read_pairs, read_regions
+from casd.errors import ConfigError, DataError, WeightsError
+from casd.evaluation import metrics
+from casd.evaluation.report import ReportInputs, build_report
+from casd.fileio import atomic_path, write_json
+from casd.visuals import parsing_colours
+from casd.inference import read_manifest
 
-METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid")
-PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips")
+METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid", "colour", "parsing")
+PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips", "colour_error", "parsing_pixel_accuracy")
+IMAGE_METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid")
+COLOUR_REGIONS = ("pants", "hair", "face", "upper_clothes", "arms", "legs")
+RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                  "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
+                  "hamming": Image.Resampling.HAMMING, "nearest": Image.Resampling.NEAREST}
+LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16"}
+# Names of generated files: upstream's test.py strips (7 panels, the generated one last; the source
+# name may keep its .jpg) and plain pictures. {from} and {to} stand for the file stems.
+DEFAULT_PATTERNS = ("{from}___{to}_vis.jpg", "{from}___{to}.png")
+UPSTREAM_STRIP_PANELS = 7
 
 
 @dataclass
 class EvaluateConfig:
-    """The ``evaluate:`` section of params.yaml."""
+    """The ``evaluate:`` section of params.yaml; the protocol fields hold the field's defaults."""
 
-    metrics: tuple[str, ...] = METRICS    # which to compute; the others are reported as skipped
-    batch_size: int = 16                  # images per network call
-    device: str = "auto"                  # auto (cuda if available) | cpu | cuda | cuda:N
-    inception_weights: str = "auto"       # pt_inception-2015-12-05-6726825d.pth: auto (torch hub cache) | path
-    alexnet_weights: str = "auto"         # alexnet-owt-7be5be79.pth (LPIPS trunk): auto (torch hub cache) | path
-    fid_cache: bool = True                # cache real-image statistics (data/fid_cache/<key of files + weights>.npz)
-    baseline: bool = True                 # also score the copy-the-source baseline
-    threads: int = 4                      # image decoding threads
-    report_pairs: int = 5                 # best and worst pairs shown in the report
-    report_strips: int = 8                # strips in the report's sample grid
+    metrics: tuple[str, ...] = METRICS
+    # protocol, written beside the numbers
+    image_size: tuple[int, int] | None = None  # [H, W] scored at; null: the ground truth's size
+    resize_filter: str = "bicubic"             # PIL filter for any image not at image_size
+    fid_reference: str = "train"               # train (training images, as CFLD, PCDMs, PIDM) | test (ground truth)
+    reference_format: str = "any"              # files of the FID reference set: any | jpg | png
+    ssim_data_range: str = "generated"         # ssim: generated (max - min of each generated image) | fixed (255)
+    lpips_net: str = "alex"                    # alex (v0.1, the field's) | vgg
+    # machinery
+    batch_size: int = 16
+    device: str = "auto"
+    inception_weights: str = "auto"            # pt_inception-2015-12-05-6726825d.pth: auto (torch hub cache) | path
+    lpips_weights: str = "auto"                # trunk of lpips_net (alexnet-owt-7be5be79.pth | vgg16-397923af.pth)
+    fid_cache: bool = True                     # cache reference statistics in data/fid_cache/
+    baseline: bool = True
+    threads: int = 4
+    report_pairs: int = 5
+    report_strips: int = 8
 
     def __post_init__(self):
+        where = "params.yaml [evaluate]"
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown:
-            raise ConfigError(f"params.yaml [evaluate]: unknown metric(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(METRICS)}")
+            raise ConfigError(f"{where}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
         if int(self.batch_size) < 1:
-            raise ConfigError(f"params.yaml [evaluate]: batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
+        if self.image_size is not None:
+            size = tuple(self.image_size)
+            if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+                raise ConfigError(f"{where}: image_size must be null or [H, W] positive integers, got {size!r}")
+            self.image_size = size
+        choices = {"resize_filter": RESIZE_FILTERS, "fid_reference": ("train", "test"),
+                   "reference_format": ("any", "jpg", "png"), "ssim_data_range": ("generated", "fixed"),
+                   "lpips_net": LPIPS_TRUNKS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{where}: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 @dataclass
 class EvaluatePaths:
-    """Where the evaluate stage reads and writes (its DVC deps and outs)."""
+    """Where an evaluation reads and writes (the evaluate stage's DVC deps and outs)."""
 
-    generated: Path = Path("data/generated")       # test stage output (manifest.json + pictures)
-    strips: Path = Path("data/strips")             # test stage strips (report grid)
-    test_images: Path = Path("data/resized/test")  # ground truth and sources
-    train_images: Path = Path("data/resized/train")  # FID real images
-    metrics: Path = Path("metrics/eval.json")
+    generated: Path = Path("data/generated")            # generated pictures (+ the test stage's manifest.json)
+    strips: Path = Path("data/strips")
+    test_images: Path = Path("data/resized/test")       # ground truth and sources
+    train_images: Path = Path("data/resized/train")     # FID reference, training mean colours
+    parsing: Path = Path("data/parsing")                # <phase>/<stem>.png region ids
+    predicted_parsing: Path | None = Path("data/predicted_parsing")  # <from>___<to>.png, the model's target parsing
+    metrics: Path = Path("metrics/eval.json")           # numbers only
+    protocol: Path = Path("reports/eval_protocol.json")  # protocol, skip reasons
     pairs_csv: Path = Path("reports/eval_pairs.csv")
     report: Path = Path("reports/index.html")
     train_metrics: Path = Path("metrics/train.json")
@@ -78,6 +116,16 @@ class EvaluatePaths:
         return cls(**{f.name: root / getattr(cls, f.name) for f in dataclasses.fields(cls)})
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One scored pair: source and target file names (in ``test_images``), the generated file."""
+
+    source: str
+    target: str
+    file: str                                  # relative to ``generated``
+    panel: tuple[int, int] | None = None       # (index, count): crop panel ``index`` of ``count`` equal ones
+
+
 @dataclass
 class Networks:
     """The pretrained networks of the metrics, or why each is missing."""
@@ -88,18 +136,43 @@ class Networks:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason
 
 
+@dataclass
+class Evaluation:
+    """What one evaluation produced: numbers (metrics/eval.json), per-pair columns, protocol, skip reasons."""
+
+    pairs: list[Pair]
+    numbers: dict[str, Any]
+    per_pair: dict[str, np.ndarray]
+    protocol: dict[str, Any]
+    skipped: dict[str, str]
+    reader: "_Reader"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One mapping per pair (``from``, ``to``, ``file`` and its scores; None where skipped)."""
+        out = []
+        for i, p in enumerate(self.pairs):
+            row: dict[str, Any] = {"from": p.source, "to": p.target, "file": p.file}
+            for name, values in self.per_pair.items():
+                row[name] = float(values[i]) if math.isfinite(values[i]) or math.isinf(values[i]) else None
+            out.append(row)
+        return out
+
+
+# --------------------------------------------------------------------------- networks
+
+
 def load_networks(config: EvaluateConfig, device: torch.device) -> Networks:
     """Build the LPIPS and Inception networks the config asks for; a missing file becomes a skip reason."""
     nets = Networks()
+    explicit = lambda value: None if value in ("auto", "torchvision") else value  # noqa: E731
     if "lpips" in config.metrics:
         try:
-            nets.lpips = metrics.build_lpips(config.alexnet_weights, "package").to(device)
+            nets.lpips = metrics.build_lpips(config.lpips_net, config.lpips_weights, "package").to(device)
         except WeightsError as e:
             nets.skipped["lpips"] = _short_reason(e)
     if "fid" in config.metrics:
         try:
-            path = weights.locate("inception-fid", None if config.inception_weights == "auto"
-                                  else config.inception_weights)
+            path = weights.locate("inception-fid", explicit(config.inception_weights))
             nets.inception = metrics.build_inception(path).to(device)
             nets.inception_id = weights.sha256(path)[:16]
         except WeightsError as e:
@@ -108,9 +181,102 @@ def load_networks(config: EvaluateConfig, device: torch.device) -> Networks:
 
 
 def _short_reason(error: WeightsError) -> str:
-    """The what-and-where sentence of a weights error (the how-to-get-it part is printed by the stage)."""
+    """The what-and-where sentence of a weights error (the how-to-get-it part is printed)."""
     print(f"evaluate: {error}", flush=True)
     return str(error).split(". ", 1)[0] + "; see `casd weights list`"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Reads pictures at the protocol's size: crop a panel if asked, then resize with the protocol's filter."""
+
+    def __init__(self, size: tuple[int, int], resample: Image.Resampling):
+        self.size, self.resample = size, resample
+
+    def image(self, path: Path, panel: tuple[int, int] | None = None) -> np.ndarray:
+        picture = read_image(path)
+        if panel is not None:
+            picture = crop_panel(picture, *panel, path=path)
+        if picture.shape[:2] != self.size:
+            picture = np.asarray(Image.fromarray(picture).resize(self.size[::-1], self.resample))
+        return picture
+
+    def regions(self, path: Path) -> np.ndarray:
+        return read_regions(path, self.size, resize=True)
+
+
+def crop_panel(picture: np.ndarray, index: int, count: int, path: Path | str = "") -> np.ndarray:
+    """Panel ``index`` (0-based) of a strip of ``count`` equal-width panels, uint8 ``[H, W / count, 3]``."""
+    width = picture.shape[1]
+    if width % count:
+        raise DataError(path, f"picture is {width} px wide, not {count} equal panels")
+    w = width // count
+    return picture[:, index * w:(index + 1) * w]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    if "{from}" not in pattern or "{to}" not in pattern:
+        raise ConfigError(f"naming pattern {pattern!r} must contain {{from}} and {{to}}")
+    parts = re.split(r"(\{from\}|\{to\})", pattern)
+    body = "".join({"{from}": "(?P<src>.+?)", "{to}": "(?P<dst>.+?)"}.get(p, re.escape(p)) for p in parts)
+    return re.compile(f"^{body}$")
+
+
+def _panel_for(name: str, panel: tuple[int, int] | None) -> tuple[int, int] | None:
+    if panel is not None:
+        return panel
+    return (UPSTREAM_STRIP_PANELS - 1, UPSTREAM_STRIP_PANELS) if name.endswith("_vis.jpg") else None
+
+
+def find_generated(folder: Path, truth_dir: Path, pairs_csv: Path | None = None,
+                   patterns: Sequence[str] = DEFAULT_PATTERNS, panel: tuple[int, int] | None = None) -> list[Pair]:
+    """The scored pairs of a folder of generated pictures named by ``patterns``.
+
+    With ``pairs_csv`` (``from,to``): each pair's picture must exist; without: every matching file is
+    a pair, its ground truth found by stem in ``truth_dir``. ``panel``: crop (index, count);
+    default: the last of 7 for upstream's ``_vis.jpg`` strips, none otherwise.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "folder of generated pictures not found")
+    regexes = [_pattern_regex(p) for p in patterns]
+    found: dict[tuple[str, str], str] = {}
+    for path in sorted(folder.iterdir()):
+        for regex in regexes:
+            m = regex.match(path.name)
+            if m:
+                found.setdefault((flat_stem(m["src"]), flat_stem(m["dst"])), path.name)
+                break
+    if pairs_csv is not None:
+        pairs = []
+        for source, target in read_pairs(pairs_csv):
+            name = found.get((flat_stem(source), flat_stem(target)))
+            if name is None:
+                raise DataError(folder, f"no generated picture for {source} -> {target} (names tried: "
+                                        f"{', '.join(patterns)})")
+            pairs.append(Pair(source, target, name, _panel_for(name, panel)))
+        return pairs
+    by_stem = {flat_stem(p.name): p.name for p in sorted(Path(truth_dir).glob("*"))
+               if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+    pairs = []
+    for (source, target), name in found.items():
+        missing = [s for s in (source, target) if s not in by_stem]
+        if missing:
+            raise DataError(Path(truth_dir) / missing[0], f"no ground-truth image for {name}")
+        pairs.append(Pair(by_stem[source], by_stem[target], name, _panel_for(name, panel)))
+    if not pairs:
+        raise DataError(folder, f"no generated pictures named like {' or '.join(patterns)}")
+    return pairs
+
+
+def _files(folder: Path, reference_format: str) -> list[Path]:
+    suffixes = {"any": (".jpg", ".jpeg", ".png"), "jpg": (".jpg", ".jpeg"), "png": (".png",)}[reference_format]
+    return sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in suffixes)
+
+
+# --------------------------------------------------------------------------- scoring
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -119,86 +285,223 @@ def _mean(values: np.ndarray) -> float | None:
     return float(finite.mean()) if finite.size else None
 
 
-def score_pairs(pairs: Sequence[Sequence[str]], paths: EvaluatePaths, config: EvaluateConfig, nets: Networks,
-                device: torch.device) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, str]]:
-    """Score every (source, target, generated file) triple, ``config.batch_size`` at a time.
+def describe_protocol(config: EvaluateConfig, size: tuple[int, int], reference: Path, reference_files: int,
+                      ) -> dict[str, Any]:
+    """Every protocol choice of an evaluation, as written beside its numbers."""
+    ssim = ("scikit-image structural_similarity, gaussian_weights, sigma 1.5, use_sample_covariance False, "
+            "channel_axis, data_range ")
+    return {
+        "image_size": list(size),
+        "resize_filter": f"{config.resize_filter} (PIL), for every image not at image_size",
+        "fid_reference": f"{config.fid_reference}: {reference} ({reference_files} files)",
+        "reference_format": config.reference_format,
+        "ssim": ssim + ("generated.max() - generated.min()" if config.ssim_data_range == "generated" else "255"),
+        "ssim_fixed_range": ssim + "255",
+        "lpips": f"lpips 0.1, {config.lpips_net}",
+        "fid": "pytorch-fid InceptionV3 pool3 (2048-d), pt_inception-2015-12-05",
+        "colour": "RMS over RGB of region mean colours (0..255), regions of the ground-truth target parsing: "
+                  + ", ".join(COLOUR_REGIONS),
+        "parsing": "predicted vs ground-truth target parsing, pixel accuracy and mean IoU over the "
+                   f"{NUM_REGIONS} regions present",
+    }
 
-    Returns (per-pair columns [N] float64 -- ``ssim``, ``baseline_ssim``, ... --,
-    aggregates ``{"ssim": .., "baseline": {..}}``, skip reasons).
-    """
+
+def training_mean_colours(files: Sequence[Path], parsing_dir: Path, reader: _Reader, config: EvaluateConfig,
+                          cache_dir: Path | None) -> np.ndarray:
+    """Each region's mean colour over the training images ``[R, 3]`` (NaN for a region never seen); cached."""
+    cache = None
+    if cache_dir is not None:
+        parsing = [parsing_dir / f"{flat_stem(f.name)}.png" for f in files]
+        key = metrics.file_list_key([*files, *parsing], f"{reader.size}-{config.resize_filter}")
+        cache = cache_dir / f"colours-{key}.npy"
+        if cache.is_file():
+            return np.load(cache)
+    sums, counts = np.zeros((NUM_REGIONS, 3)), np.zeros(NUM_REGIONS)
+    for chunk in metrics.batched(list(files), config.batch_size):
+        images = metrics.read_rgb_batch(chunk, config.threads, reader.image)
+        regions = np.stack([reader.regions(parsing_dir / f"{flat_stem(f.name)}.png") for f in chunk])
+        s, c = metrics.region_colour_sums(images, regions, NUM_REGIONS)
+        sums, counts = sums + s.sum(0), counts + c.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts[:, None]
+    if cache is not None:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.save(f, mean)
+    return mean
+
+
+def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, nets: Networks,
+          device: torch.device) -> Evaluation:
+    """Score every pair ``config.batch_size`` at a time under the config's protocol."""
     from tqdm import tqdm
 
-    skipped = {name: "not in evaluate.metrics" for name in METRICS if name not in config.metrics}
-    skipped.update({k: v for k, v in nets.skipped.items() if k in config.metrics})
-    if "lpips" in config.metrics and nets.lpips is None:
+    pairs = list(pairs)
+    if not pairs:
+        raise DataError(paths.generated, "no pairs to score")
+    size = config.image_size or read_image(paths.test_images / pairs[0].target).shape[:2]
+    reader = _Reader(tuple(size), RESIZE_FILTERS[config.resize_filter])
+    wanted = set(config.metrics)
+    skipped = {name: "not in evaluate.metrics" for name in METRICS if name not in wanted}
+    skipped.update({k: v for k, v in nets.skipped.items() if k in wanted})
+    if "lpips" in wanted and nets.lpips is None:
         skipped.setdefault("lpips", "no LPIPS network")
-    if "fid" in config.metrics and nets.inception is None:
+    if "fid" in wanted and nets.inception is None:
         skipped.setdefault("fid", "no Inception network")
+    reference = paths.train_images if config.fid_reference == "train" else paths.test_images
+    reference_files = _files(reference, config.reference_format)
+
+    # what each optional metric needs
+    test_parsing, train_parsing = paths.parsing / "test", paths.parsing / "train"
+    training_mean = None
+    if "colour" in wanted:
+        needed = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)]
+        train_files = _files(paths.train_images, "any")
+        needed += [train_parsing / f"{flat_stem(f.name)}.png" for f in train_files]
+        missing = [p for p in needed if not p.is_file()]
+        if missing or not train_files:
+            skipped["colour"] = (f"parsing map {missing[0]} not found ({len(missing)} missing)" if missing
+                                 else f"no training images in {paths.train_images}")
+        else:
+            training_mean = training_mean_colours(train_files, train_parsing, reader, config,
+                                                  paths.fid_cache if config.fid_cache else None)
+    truth_parsing_ok = predicted_ok = False
+    if "parsing" in wanted:
+        truth_missing = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)
+                         if not (test_parsing / f"{flat_stem(n)}.png").is_file()]
+        missing = pairs if paths.predicted_parsing is None else \
+            [p for p in pairs if not (paths.predicted_parsing / _predicted_name(p)).is_file()]
+        if truth_missing:
+            skipped["parsing"] = f"parsing map {truth_missing[0]} not found ({len(truth_missing)} missing)"
+        elif paths.predicted_parsing is None:
+            skipped["parsing"] = "no predicted parsing given (--predicted-parsing)"
+        elif missing:
+            skipped["parsing"] = (f"no predicted parsing {paths.predicted_parsing / _predicted_name(missing[0])} "
+                                  f"({len(missing)} of {len(pairs)} missing)")
+        truth_parsing_ok, predicted_ok = not truth_missing, not truth_missing and not missing
+
     kinds = ["model", "baseline"] if config.baseline else ["model"]
-    columns: dict[str, list[torch.Tensor]] = {}
     fid_stats = {kind: metrics.GaussianStats(metrics.FID_DIMS) for kind in kinds} \
-        if nets.inception is not None and "fid" in config.metrics else {}
+        if nets.inception is not None and "fid" not in skipped else {}
+    columns: dict[str, list[np.ndarray]] = {}
+    colour: dict[str, list[np.ndarray]] = {}
+    confusion = {kind: np.zeros((NUM_REGIONS, NUM_REGIONS), np.int64) for kind in kinds}
     n = len(pairs)
     for start in tqdm(range(0, n, config.batch_size), desc="evaluate", unit="batch",
                       total=math.ceil(n / config.batch_size), disable=n <= config.batch_size):
         chunk = pairs[start:start + config.batch_size]
-        generated = metrics.read_rgb_batch([paths.generated / f for _, _, f in chunk], config.threads)
-        truth = metrics.read_rgb_batch([paths.test_images / t for _, t, _ in chunk], config.threads)
-        if generated.shape != truth.shape:
-            raise DataError(paths.generated / chunk[0][2], f"generated picture is {generated.shape[1:3]}, ground "
-                                                           f"truth {truth.shape[1:3]}: rerun the test stage")
-        outputs = {"model": generated}
-        if config.baseline:
-            outputs["baseline"] = metrics.read_rgb_batch([paths.test_images / s for s, _, _ in chunk], config.threads)
+        generated = metrics.read_rgb_batch([(paths.generated / p.file, p.panel) for p in chunk], config.threads,
+                                           lambda job: reader.image(*job))
+        truth = metrics.read_rgb_batch([paths.test_images / p.target for p in chunk], config.threads, reader.image)
+        source = metrics.read_rgb_batch([paths.test_images / p.source for p in chunk], config.threads, reader.image)
+        outputs = {"model": generated, "baseline": source} if config.baseline else {"model": generated}
         for kind, images in outputs.items():
             prefix = "" if kind == "model" else "baseline_"
             scores = {}
-            if "ssim" in config.metrics:
-                scores["ssim"] = metrics.ssim(images, truth)
-            if "ssim_fixed_range" in config.metrics:
-                scores["ssim_fixed_range"] = metrics.ssim(images, truth, data_range=metrics.DATA_RANGE)
-            if "psnr" in config.metrics:
-                scores["psnr"] = metrics.psnr(images, truth, device)
-            if nets.lpips is not None and "lpips" in config.metrics:
-                scores["lpips"] = metrics.lpips_distance(nets.lpips, images, truth).double()
+            if "ssim" in wanted:
+                scores["ssim"] = metrics.ssim(images, truth, None if config.ssim_data_range == "generated"
+                                              else metrics.DATA_RANGE).numpy()
+            if "ssim_fixed_range" in wanted:
+                scores["ssim_fixed_range"] = metrics.ssim(images, truth, data_range=metrics.DATA_RANGE).numpy()
+            if "psnr" in wanted:
+                scores["psnr"] = metrics.psnr(images, truth, device).numpy()
+            if nets.lpips is not None and "lpips" in wanted:
+                scores["lpips"] = metrics.lpips_distance(nets.lpips, images, truth).double().numpy()
             for name, values in scores.items():
                 columns.setdefault(prefix + name, []).append(values)
             if kind in fid_stats:
                 fid_stats[kind].update(metrics.inception_features(nets.inception, images))
-    per_pair = {name: torch.cat(parts).numpy() for name, parts in columns.items()}
+        if training_mean is not None or truth_parsing_ok:
+            target_regions = np.stack([reader.regions(test_parsing / f"{flat_stem(p.target)}.png") for p in chunk])
+            source_regions = np.stack([reader.regions(test_parsing / f"{flat_stem(p.source)}.png") for p in chunk])
+        if training_mean is not None:
+            errors = metrics.colour_errors(generated, truth, target_regions, source, source_regions, training_mean)
+            for name, values in errors.items():
+                colour.setdefault(name, []).append(values)
+        if truth_parsing_ok:
+            truth_size = read_regions(test_parsing / f"{flat_stem(chunk[0].target)}.png").shape
+            truth_maps = np.stack([read_regions(test_parsing / f"{flat_stem(p.target)}.png", truth_size)
+                                   for p in chunk])
+            guesses = {}
+            if predicted_ok:
+                guesses["model"] = np.stack([read_regions(paths.predicted_parsing / _predicted_name(p), truth_size,
+                                                          resize=True) for p in chunk])
+            if config.baseline:
+                guesses["baseline"] = np.stack([read_regions(test_parsing / f"{flat_stem(p.source)}.png",
+                                                             truth_size, resize=True) for p in chunk])
+            for kind, maps in guesses.items():
+                prefix = "" if kind == "model" else "baseline_"
+                confusion[kind] += metrics.confusion_matrix(maps, truth_maps, NUM_REGIONS)
+                columns.setdefault(prefix + "parsing_pixel_accuracy", []).append(
+                    (maps == truth_maps).reshape(len(chunk), -1).mean(1))
+    per_pair = {name: np.concatenate(parts) for name, parts in columns.items()}
+    colour_errors = {name: np.concatenate(parts) for name, parts in colour.items()}
+    if colour_errors:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a pair with no defined region: NaN, as it should
+            per_pair["colour_error"] = np.nanmean(colour_errors["model"][:, _colour_ids()], axis=1)
 
-    summary: dict[str, Any] = {}
+    numbers: dict[str, Any] = {"pairs": n}
     for kind in kinds:
         prefix = "" if kind == "model" else "baseline_"
-        target = summary if kind == "model" else summary.setdefault("baseline", {})
-        for name in PER_PAIR:
+        target = numbers if kind == "model" else numbers.setdefault("baseline", {})
+        for name in IMAGE_METRICS:
             target[name] = _mean(per_pair[prefix + name]) if prefix + name in per_pair else None
-        target["fid"] = None
     if fid_stats:
         if n < 2:
             skipped["fid"] = f"FID needs at least 2 generated pictures, got {n}"
+        elif len(reference_files) < 2:
+            skipped["fid"] = f"FID needs reference images; found {len(reference_files)} in {reference}"
         else:
-            train_files = sorted(paths.train_images.glob("*.jpg")) + sorted(paths.train_images.glob("*.png"))
-            if len(train_files) < 2:
-                skipped["fid"] = f"FID needs real training images; found {len(train_files)} in {paths.train_images}"
-            else:
-                real = metrics.cached_statistics(nets.inception, train_files, paths.fid_cache if config.fid_cache else None,
-                                                 nets.inception_id, config.batch_size)
-                for kind, stats in fid_stats.items():
-                    value = metrics.fid_from_stats(real[:2], stats)
-                    (summary if kind == "model" else summary["baseline"])["fid"] = value
-    return per_pair, summary, skipped
+            real = metrics.cached_statistics(nets.inception, reference_files,
+                                             paths.fid_cache if config.fid_cache else None,
+                                             f"{nets.inception_id}-{reader.size}-{config.resize_filter}",
+                                             config.batch_size, reader.image)
+            for kind, stats in fid_stats.items():
+                (numbers if kind == "model" else numbers["baseline"])["fid"] = metrics.fid_from_stats(real[:2], stats)
+    numbers.update(_colour_numbers(colour_errors))
+    for kind in kinds:
+        target = numbers if kind == "model" else numbers["baseline"]
+        has = confusion[kind].sum() > 0
+        result = metrics.parsing_scores(confusion[kind]) if has else {"pixel_accuracy": None, "miou": None}
+        target["parsing_pixel_accuracy"], target["parsing_miou"] = result["pixel_accuracy"], result["miou"]
+    protocol = describe_protocol(config, reader.size, reference, len(reference_files))
+    return Evaluation(pairs, numbers, per_pair, protocol, skipped, reader)
 
 
-def write_pairs_csv(path: Path, pairs: Sequence[Sequence[str]], per_pair: Mapping[str, np.ndarray]) -> None:
+def _colour_ids() -> list[int]:
+    return [REGION_NAMES.index(name) for name in COLOUR_REGIONS]
+
+
+def _colour_numbers(errors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``colour_error``, ``colour_gap_closed``, the two references, and the same per region (None if skipped)."""
+    names = ("error", "error_source_colours", "error_training_mean", "gap_closed")
+    if not errors:
+        return {f"colour_{k}": None for k in names} | {"colour_regions": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ids = _colour_ids()
+        overall = metrics.colour_gap({k: v[:, ids] for k, v in errors.items()})
+        regions = {name: metrics.colour_gap({k: v[:, [i]] for k, v in errors.items()})
+                   for name, i in zip(COLOUR_REGIONS, ids)}
+    return {f"colour_{k}": overall[k] for k in names} | {"colour_regions": regions}
+
+
+def _predicted_name(pair: Pair) -> str:
+    return f"{flat_stem(pair.source)}___{flat_stem(pair.target)}.png"
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_pairs_csv(path: Path, evaluation: Evaluation) -> None:
     """One row per pair; a metric that was skipped has empty cells (never a made-up number)."""
-    names = [f"{p}{m}" for p in ("", "baseline_") for m in PER_PAIR]
+    names = [f"{p}{m}" for p in ("", "baseline_") for m in PER_PAIR if f"{p}{m}" in evaluation.per_pair]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["from", "to", "file", *names])
-        for i, (source, target, file) in enumerate(pairs):
-            writer.writerow([source, target, file,
-                             *[repr(float(per_pair[c][i])) if c in per_pair else "" for c in names]])
+        for row in evaluation.rows():
+            writer.writerow([row["from"], row["to"], row["file"],
+                             *["" if row[c] is None else repr(row[c]) for c in names]])
 
 
 def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -212,13 +515,18 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def log_to_mlflow(result: Mapping[str, Any], paths: EvaluatePaths, params: Mapping[str, Any]) -> str | None:
-    """Log the aggregates to the training run (``metrics/mlflow_run.json``), else to a new ``evaluate`` run.
+def _finite_metrics(numbers: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    out = {}
+    for key, value in numbers.items():
+        if isinstance(value, Mapping):
+            out.update(_finite_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[f"{prefix}{key}"] = float(value)
+    return out
 
-    Returns the run id (None when tracking is disabled).
-    """
-    import json
 
+def log_to_mlflow(evaluation: Evaluation, paths: EvaluatePaths, params: Mapping[str, Any]) -> str | None:
+    """Log to the training run (``metrics/mlflow_run.json``), else to a new ``evaluate`` run; the run id."""
     from casd.tracking import Tracker, TrackingConfig, open_run_from_file
 
     config = from_dict(TrackingConfig, params.get("tracking"), "tracking")
@@ -234,71 +542,180 @@ def log_to_mlflow(result: Mapping[str, Any], paths: EvaluatePaths, params: Mappi
     step = 0
     if paths.train_metrics.is_file():
         step = int(json.loads(paths.train_metrics.read_text(encoding="utf-8")).get("steps", 0))
-    values = {f"eval/{m}": result[m] for m in METRICS if result.get(m) is not None}
-    values.update({f"eval/baseline/{m}": v for m, v in (result.get("baseline") or {}).items() if v is not None})
-    tracker.log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step)
-    tracker.set_tags({"eval.pairs": result["pairs"],
-                      **{f"eval.skipped.{m}": reason[:4000] for m, reason in result.get("skipped", {}).items()}})
-    for path, folder in ((paths.metrics, "eval"), (paths.pairs_csv, "eval"), (paths.report, "report")):
+    tracker.log_metrics(_finite_metrics(evaluation.numbers), step)
+    tracker.set_tags({**{f"eval.protocol.{k}": str(v)[:4000] for k, v in evaluation.protocol.items()},
+                      **{f"eval.skipped.{m}": reason[:4000] for m, reason in evaluation.skipped.items()}})
+    for path, folder in ((paths.metrics, "eval"), (paths.protocol, "eval"), (paths.pairs_csv, "eval"),
+                         (paths.report, "report")):
         if path.is_file():
             tracker.log_artifact(path, folder)
     return tracker.run_id
 
 
-def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, networks: Networks | None = None,
-             params: Mapping[str, Any] | None = None, report: bool = True, track: bool = True) -> dict:
-    """The evaluate stage: score the test stage's pictures, write JSON / CSV / report, log to MLflow.
+def report_inputs(evaluation: Evaluation, paths: EvaluatePaths, config: EvaluateConfig, *, facts: Sequence[str] = (),
+                  loss_csv: Path | None = None, strips: Sequence[Path] = ()) -> ReportInputs:
+    """The report's data: numbers, rows, and pictures read the way they were scored."""
+    reader, pairs = evaluation.reader, evaluation.pairs
 
-    ``networks``: prebuilt metric networks (tests pass random-weight ones); by default
-    they are loaded from the pretrained files, and a missing file skips its metric.
-    Returns the content of ``metrics/eval.json``.
+    def pair_picture(i: int) -> np.ndarray:
+        p = pairs[i]
+        return np.concatenate([reader.image(paths.test_images / p.source),
+                               reader.image(paths.generated / p.file, p.panel),
+                               reader.image(paths.test_images / p.target)], axis=1)
+
+    def parsing_picture(i: int) -> np.ndarray:
+        p = pairs[i]
+        maps = [reader.regions(paths.parsing / "test" / f"{flat_stem(p.source)}.png"),
+                reader.regions(paths.predicted_parsing / _predicted_name(p)),
+                reader.regions(paths.parsing / "test" / f"{flat_stem(p.target)}.png")]
+        return np.concatenate([reader.image(paths.test_images / p.source), *map(parsing_colours, maps)], axis=1)
+
+    has_parsing = evaluation.numbers.get("parsing_miou") is not None
+    return ReportInputs(evaluation.numbers, evaluation.rows(), evaluation.protocol, evaluation.skipped, pair_picture,
+                        parsing_picture if has_parsing else None, list(facts), loss_csv, list(strips),
+                        config.report_pairs, config.report_strips)
+
+
+def _say(evaluation: Evaluation, written: Sequence[Path]) -> None:
+    for name, reason in evaluation.skipped.items():
+        print(f"evaluate: {name} skipped (null in the numbers): {reason}", flush=True)
+    n = evaluation.numbers
+    shown = "  ".join(f"{m} {n[m]:.4f}" for m in (*IMAGE_METRICS, "colour_gap_closed", "parsing_miou")
+                      if n.get(m) is not None)
+    print(f"evaluate: {n['pairs']} pairs  {shown}  -> {', '.join(map(str, written))}", flush=True)
+
+
+def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, networks: Networks | None = None,
+             params: Mapping[str, Any] | None = None, report: bool = True, track: bool = True) -> Evaluation:
+    """The evaluate stage: score the test stage's pictures, write the numbers, CSV, report, log to MLflow.
+
+    ``networks``: prebuilt metric networks (tests pass random-weight ones); by default they are
+    loaded from the pretrained files, and a missing file skips its metric.
     """
     paths = paths or EvaluatePaths()
-    device = resolve_device(config.device)
     manifest = read_manifest(paths.generated)
-    pairs = [tuple(p) for p in manifest["pairs"]]
+    pairs = [Pair(*p) for p in manifest["pairs"]]
     if not pairs:
         raise DataError(paths.generated / "manifest.json", "no pairs were generated")
-    missing = [f for _, _, f in pairs if not (paths.generated / f).is_file()]
+    missing = [p.file for p in pairs if not (paths.generated / p.file).is_file()]
     if missing:
         raise DataError(paths.generated / missing[0], f"generated picture missing ({len(missing)} of {len(pairs)} "
                                                       "missing); rerun the test stage")
+    device = resolve_device(config.device)
     nets = networks if networks is not None else load_networks(config, device)
-    for name, reason in nets.skipped.items():
-        print(f"evaluate: {name} skipped: {reason}", flush=True)
-    per_pair, summary, skipped = score_pairs(pairs, paths, config, nets, device)
-    result = {"pairs": len(pairs), **summary}
-    if skipped:
-        result["skipped"] = skipped
-    write_pairs_csv(paths.pairs_csv, pairs, per_pair)
-    write_json(paths.metrics, result)
+    evaluation = score(pairs, paths, config, nets, device)
+    write_pairs_csv(paths.pairs_csv, evaluation)
+    write_json(paths.metrics, evaluation.numbers)
+    write_json(paths.protocol, {"protocol": evaluation.protocol, "skipped": evaluation.skipped})
+    written = [paths.metrics, paths.protocol, paths.pairs_csv]
     if report:
-        build_report(paths, result, read_pairs_csv(paths.pairs_csv), config, manifest=manifest)
+        facts = ["{}x{} generated".format(*manifest["image_size"])] if manifest.get("image_size") else []
+        if manifest.get("checkpoint_source"):
+            facts.append(f"{manifest['checkpoint_source']} checkpoint")
+        if paths.train_metrics.is_file():
+            train = json.loads(paths.train_metrics.read_text(encoding="utf-8"))
+            facts.append(f"trained {train.get('epochs', '?')} epochs / {train.get('steps', '?')} steps")
+        strips = [paths.strips / n for n in manifest.get("strips") or []]
+        build_report(paths.report, report_inputs(evaluation, paths, config, facts=facts, loss_csv=paths.loss_csv,
+                                                 strips=strips))
+        written.append(paths.report)
     if track:
         try:
-            run_id = log_to_mlflow(result, paths, params or {})
-        except Exception as e:  # noqa: BLE001 -- the scores are written; an unreachable tracking server must not lose them
+            run_id = log_to_mlflow(evaluation, paths, params or {})
+        except Exception as e:  # noqa: BLE001 -- the scores are written; an unreachable server must not lose them
             print(f"evaluate: warning: not logged to MLflow ({type(e).__name__}: {e})", flush=True)
         else:
             if run_id:
                 print(f"evaluate: logged to MLflow run {run_id}", flush=True)
-    shown = "  ".join(f"{m} {result[m]:.4f}" for m in METRICS if result.get(m) is not None)
-    print(f"evaluate: {len(pairs)} pairs  {shown}  -> {paths.metrics}, {paths.pairs_csv}"
-          + (f", {paths.report}" if report else ""), flush=True)
-    return result
+    _say(evaluation, written)
+    return evaluation
 
 
-def run_from_params(params_path: str | Path = "params.yaml") -> dict:
+def evaluate_folder(generated: str | Path, config: EvaluateConfig, paths: EvaluatePaths, out: str | Path, *,
+                    pairs_csv: str | Path | None = None, patterns: Sequence[str] = DEFAULT_PATTERNS,
+                    panel: tuple[int, int] | None = None, networks: Networks | None = None,
+                    report: str | Path | None = None) -> Evaluation:
+    """Score any folder of generated pictures; ``out``: JSON of the numbers, the protocol and skip reasons."""
+    paths = dataclasses.replace(paths, generated=Path(generated))
+    pairs = find_generated(paths.generated, paths.test_images, Path(pairs_csv) if pairs_csv else None,
+                           patterns, panel)
+    device = resolve_device(config.device)
+    nets = networks if networks is not None else load_networks(config, device)
+    evaluation = score(pairs, paths, config, nets, device)
+    write_json(out, {"metrics": evaluation.numbers, "protocol": evaluation.protocol,
+                     "skipped": evaluation.skipped})
+    written = [Path(out)]
+    if report:
+        build_report(report, report_inputs(evaluation, paths, config, facts=[f"pictures of {paths.generated}"]))
+        written.append(Path(report))
+    _say(evaluation, written)
+    return evaluation
+
+
+def run_from_params(params_path: str | Path = "params.yaml") -> Evaluation:
     """The evaluate stage: params.yaml -> :func:`evaluate` with the standard paths."""
     params = load_params(params_path)
     return evaluate(from_dict(EvaluateConfig, params.get("evaluate"), "evaluate"), params=params)
 
 
 def cli_main(argv: list[str]) -> None:
-    """``casd evaluate``: the evaluate stage from the command line."""
-    parser = argparse.ArgumentParser(prog="casd evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    """``casd evaluate``: the evaluate stage, or ``--generated DIR`` to score any folder of pictures."""
+    parser = argparse.ArgumentParser(
+        prog="casd evaluate", description="Score generated pictures under the field's protocol.",
+        epilog="Without --generated: the evaluate stage (data/generated, metrics/eval.json, reports/).")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file whose evaluate section sets the protocol (default: params.yaml)")
+    parser.add_argument("--no-mlflow", action="store_true", help="stage: do not log to MLflow")
+    parser.add_argument("--generated", type=Path, help="folder of generated pictures to score")
+    parser.add_argument("--pairs", type=Path, help="pairs CSV (from,to); default: every picture in --generated")
+    parser.add_argument("--out", type=Path, help="JSON of numbers, protocol and skip reasons "
+                                                 "(default: reports/eval-<folder name>.json)")
+    parser.add_argument("--report", type=Path, help="also write an HTML report here")
+    parser.add_argument("--ground-truth", type=Path, default=EvaluatePaths.test_images,
+                        help="ground-truth and source images, by name (default: data/resized/test)")
+    parser.add_argument("--train-images", type=Path, default=EvaluatePaths.train_images,
+                        help="training images: FID reference and mean colours (default: data/resized/train)")
+    parser.add_argument("--parsing", type=Path, default=EvaluatePaths.parsing,
+                        help="parsing maps <dir>/{train,test}/<stem>.png (default: data/parsing)")
+    parser.add_argument("--predicted-parsing", type=Path, help="predicted target parsing <from>___<to>.png")
+    parser.add_argument("--pattern", action="append", dest="patterns",
+                        help="file naming with {from} and {to} (stems), repeatable "
+                             f"(default: {' and '.join(DEFAULT_PATTERNS)})")
+    parser.add_argument("--panel", help="INDEX/COUNT: score panel INDEX (0-based) of COUNT equal-width panels "
+                                        "(default: 6/7 for upstream's _vis.jpg strips, whole picture otherwise)")
+    protocol = parser.add_argument_group("protocol (default: the params file's evaluate section)")
+    protocol.add_argument("--image-size", help="HxW scored at, e.g. 256x176 (default: the ground truth's size)")
+    protocol.add_argument("--resize-filter", choices=list(RESIZE_FILTERS), help="PIL filter (default bicubic)")
+    protocol.add_argument("--fid-reference", choices=["train", "test"], help="FID reference set (default train)")
+    protocol.add_argument("--reference-format", choices=["any", "jpg", "png"], help="FID reference files (any)")
+    protocol.add_argument("--ssim-data-range", choices=["generated", "fixed"], help="ssim's range (generated)")
+    protocol.add_argument("--lpips-net", choices=list(LPIPS_TRUNKS), help="LPIPS network (alex)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    evaluate(from_dict(EvaluateConfig, params.get("evaluate"), "evaluate"), params=params, track=not args.no_mlflow)
+    params = load_params(args.params) if Path(args.params).is_file() or args.generated is None else {}
+    section = dict(params.get("evaluate") or {})
+    if args.generated is None:
+        evaluate(from_dict(EvaluateConfig, section, "evaluate"), params=params, track=not args.no_mlflow)
+        return
+    if args.image_size:
+        try:
+            section["image_size"] = [int(v) for v in args.image_size.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"--image-size must be HxW, got {args.image_size!r}") from None
+    for name in ("resize_filter", "fid_reference", "reference_format", "ssim_data_range", "lpips_net"):
+        if getattr(args, name) is not None:
+            section[name] = getattr(args, name)
+    panel = None
+    if args.panel:
+        try:
+            index, count = (int(v) for v in args.panel.split("/"))
+        except ValueError:
+            raise ConfigError(f"--panel must be INDEX/COUNT, got {args.panel!r}") from None
+        if not 0 <= index < count:
+            raise ConfigError(f"--panel {args.panel}: INDEX must lie in 0..COUNT-1")
+        panel = (index, count)
+    paths = dataclasses.replace(EvaluatePaths(), test_images=args.ground_truth, train_images=args.train_images,
+                                parsing=args.parsing, predicted_parsing=args.predicted_parsing)
+    out = args.out or Path("reports") / f"eval-{Path(args.generated).resolve().name}.json"
+    evaluate_folder(args.generated, from_dict(EvaluateConfig, section, "evaluate"), paths, out,
+                    pairs_csv=args.pairs, patterns=args.patterns or DEFAULT_PATTERNS, panel=panel,
+                    report=args.report)

@@ -13,13 +13,12 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
+from casd.data.layout import read_image
 from casd.errors import DataError, WeightsError
 from casd.fileio import atomic_path
 
@@ -34,25 +33,15 @@ FID_DIMS = 2048
 # image I/O
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, 3]``; an unreadable file is a :class:`DataError`."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(path, f"cannot read image: {e}") from e
-
-
-def read_rgb_batch(paths: Sequence[str | Path], threads: int = 4) -> np.ndarray:
-    """Read same-sized images as uint8 ``[B, H, W, 3]`` (decoding in threads: PIL releases the GIL)."""
+def read_rgb_batch(paths: Sequence, threads: int = 4, reader: Callable[..., np.ndarray] = read_image) -> np.ndarray:
+    """``reader(path)`` of each path (uint8 ``[H, W, 3]``) -> ``[B, H, W, 3]``, decoded in threads."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        images = list(pool.map(read_rgb, paths))
+        images = list(pool.map(reader, paths))
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        first = images[0].shape
-        odd = next(p for p, im in zip(paths, images) if im.shape != first)
-        raise DataError(odd, f"image size {images[paths.index(odd)].shape[:2]} differs from "
-                             f"{first[:2]} of {paths[0]} (all images of a set must have one size)")
+        odd = next(i for i, im in enumerate(images) if im.shape != images[0].shape)
+        raise DataError(paths[odd], f"image size {images[odd].shape[:2]} differs from {images[0].shape[:2]} of "
+                                    f"{paths[0]} (all images of a set must have one size)")
     return np.stack(images)
 
 
@@ -114,49 +103,55 @@ def psnr(generated: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
 # ---------------------------------------------------------------------------
 # LPIPS
 
-_ALEXNET_TO_LPIPS = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}  # torchvision features.<i> -> lpips net.slice<k>.<i>
+# where each trunk layer of torchvision's network sits in lpips: features.<i> -> net.slice<k>.<i>,
+# k = how many slice starts are <= i
+_LPIPS_SLICE_STARTS = {"alex": (0, 2, 5, 8, 10), "vgg": (0, 4, 9, 16, 23)}
+_LPIPS_WEIGHTS = {"alex": ("alexnet", "lpips-alex-lin"), "vgg": ("vgg16", "lpips-vgg-lin")}
 
 
-def build_lpips(alexnet: str | os.PathLike | dict | None = "auto",
+def build_lpips(net: str = "alex", trunk: str | os.PathLike | dict | None = "auto",
                 linear: str | os.PathLike | dict | None = "package") -> torch.nn.Module:
-    """The ``lpips`` package's AlexNet LPIPS network (v0.1), weights loaded offline.
+    """The ``lpips`` package's LPIPS network (v0.1, ``net`` alex or vgg), weights loaded offline.
 
-    alexnet: torchvision AlexNet weights -- ``"auto"``/``"torchvision"`` (the torch hub cache, via
+    trunk: torchvision AlexNet / VGG16 weights -- ``"auto"`` (the torch hub cache, via
         :func:`casd.weights.locate`), a path, a state dict, or ``None`` for a random trunk (tests).
-    linear: the linear layers -- ``"package"`` (alex.pth inside the ``lpips`` package, checksum
-        verified by :mod:`casd.weights`), a path, a state dict, or ``None`` for random layers (tests).
+    linear: the linear layers -- ``"package"`` (shipped inside ``lpips``, checksum verified by
+        :mod:`casd.weights`), a path, a state dict, or ``None`` for random layers (tests).
     Raises :class:`WeightsError` when a named file is absent.
     """
     import lpips
 
     from casd import weights
 
+    if net not in _LPIPS_SLICE_STARTS:
+        raise ValueError(f"LPIPS network must be alex or vgg, got {net!r}")
+    trunk_key, linear_key = _LPIPS_WEIGHTS[net]
     with _quiet_torchvision():
-        net = lpips.LPIPS(pretrained=False, pnet_rand=True, net="alex", version="0.1", verbose=False)
-    state = net.state_dict()
-    if alexnet is not None:
-        if not isinstance(alexnet, dict):
-            explicit = None if alexnet in ("auto", "torchvision") else alexnet
-            alexnet = weights.load_state_dict("alexnet", explicit)
-        for key, value in alexnet.items():
+        model = lpips.LPIPS(pretrained=False, pnet_rand=True, net=net, version="0.1", verbose=False)
+    state = model.state_dict()
+    if trunk is not None:
+        if not isinstance(trunk, dict):
+            trunk = weights.load_state_dict(trunk_key, None if trunk in ("auto", "torchvision") else trunk)
+        starts = np.array(_LPIPS_SLICE_STARTS[net])
+        for key, value in trunk.items():
             parts = key.split(".")
             if parts[0] == "features":
-                slice_no = _ALEXNET_TO_LPIPS[int(parts[1])]
-                _assign(state, f"net.slice{slice_no}.{parts[1]}.{parts[2]}", value, "AlexNet")
+                slice_no = int((starts <= int(parts[1])).sum())
+                _assign(state, f"net.slice{slice_no}.{parts[1]}.{parts[2]}", value, f"LPIPS {net} trunk")
     if linear is not None:
         if not isinstance(linear, dict):
-            linear = weights.load_state_dict("lpips-alex-lin", None if linear == "package" else linear)
+            linear = weights.load_state_dict(linear_key, None if linear == "package" else linear)
         for key, value in linear.items():
             _assign(state, key, value, "LPIPS linear layers")
             if key.startswith("lin") and key[3].isdigit():  # the same modules appear again as lins.<i>
                 _assign(state, f"lins.{key[3]}{key[4:]}", value, "LPIPS linear layers")
-    net.load_state_dict(state)
-    return net.eval().requires_grad_(False)
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
 
 
 def _assign(state: dict, key: str, value: torch.Tensor, what: str) -> None:
     if key not in state or state[key].shape != value.shape:
-        raise WeightsError(f"{what}: unexpected entry {key} {tuple(value.shape)} for the LPIPS AlexNet network")
+        raise WeightsError(f"{what}: unexpected entry {key} {tuple(value.shape)} for the LPIPS network")
     state[key] = value
 
 
@@ -348,7 +343,7 @@ def batched(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def feature_statistics(model: torch.nn.Module, files: Sequence[str | Path], batch_size: int = 32,
-                       progress: str | None = None) -> GaussianStats:
+                       progress: str | None = None, reader: Callable[..., np.ndarray] = read_image) -> GaussianStats:
     """Inception statistics of image files, read and embedded ``batch_size`` at a time."""
     from tqdm import tqdm
 
@@ -356,7 +351,7 @@ def feature_statistics(model: torch.nn.Module, files: Sequence[str | Path], batc
     batches = batched(list(files), batch_size)
     total = math.ceil(len(files) / batch_size)
     for chunk in tqdm(batches, total=total, desc=progress, disable=progress is None, unit="batch"):
-        stats.update(inception_features(model, read_rgb_batch(chunk)))
+        stats.update(inception_features(model, read_rgb_batch(chunk, reader=reader)))
     return stats
 
 
@@ -369,11 +364,12 @@ def file_list_key(files: Iterable[str | Path], weights_id: str) -> str:
 
 
 def cached_statistics(model: torch.nn.Module, files: Sequence[str | Path], cache_dir: str | Path | None,
-                      weights_id: str, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, Path | None]:
-    """Mean and covariance of the features of ``files``, cached in ``cache_dir/<key>.npz``.
+                      weights_id: str, batch_size: int = 32, reader: Callable[..., np.ndarray] = read_image,
+                      ) -> tuple[np.ndarray, np.ndarray, Path | None]:
+    """Mean and covariance of the features of ``files`` (read by ``reader``), cached in ``cache_dir/<key>.npz``.
 
-    The key covers the file names and sizes and ``weights_id`` (the Inception file's hash),
-    so another image set or other weights never reuse a stale cache.
+    The key covers the file names and sizes and ``weights_id`` (the Inception file's hash, plus
+    whatever else changes the features, e.g. the size images are read at).
     """
     cache = None
     if cache_dir is not None:
@@ -381,7 +377,7 @@ def cached_statistics(model: torch.nn.Module, files: Sequence[str | Path], cache
         if cache.is_file():
             with np.load(cache) as z:
                 return z["mu"], z["sigma"], cache
-    stats = feature_statistics(model, files, batch_size, progress="FID real images")
+    stats = feature_statistics(model, files, batch_size, progress="FID real images", reader=reader)
     mu, sigma = stats.mean, stats.covariance
     if cache is not None:
         with atomic_path(cache) as tmp:
@@ -389,3 +385,88 @@ def cached_statistics(model: torch.nn.Module, files: Sequence[str | Path], cache
         with atomic_path(cache.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps({"files": len(files), "weights": weights_id}) + "\n")
     return mu, sigma, cache
+
+
+# ---------------------------------------------------------------------------
+# appearance transfer: mean colour per region (a diagnostic, not one of the paper's metrics)
+
+
+def region_colour_sums(images: np.ndarray, regions: np.ndarray, num_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``[B, H, W, 3]`` and region ids ``[B, H, W]`` -> (colour sums ``[B, R, 3]``, pixel counts ``[B, R]``)."""
+    b = images.shape[0]
+    if regions.shape != images.shape[:3]:
+        raise ValueError(f"regions {regions.shape} do not match images {images.shape}")
+    bins = (regions.reshape(b, -1).astype(np.int64) + num_regions * np.arange(b)[:, None]).ravel()
+    pixels = images.reshape(-1, 3).astype(np.float64)
+    counts = np.bincount(bins, minlength=b * num_regions).reshape(b, num_regions)
+    sums = np.stack([np.bincount(bins, weights=pixels[:, c], minlength=b * num_regions) for c in range(3)], -1)
+    return sums.reshape(b, num_regions, 3), counts
+
+
+def region_mean_colours(images: np.ndarray, regions: np.ndarray, num_regions: int) -> np.ndarray:
+    """Mean colour of each region, float64 ``[B, R, 3]`` (0..255); NaN where a region has no pixel."""
+    sums, counts = region_colour_sums(images, regions, num_regions)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[..., None]
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Root mean square over the RGB channels of two colours ``[..., 3]`` -> ``[...]``, 0..255."""
+    return np.sqrt(((a - b) ** 2).mean(-1))
+
+
+def colour_errors(generated: np.ndarray, truth: np.ndarray, target_regions: np.ndarray, source: np.ndarray,
+                  source_regions: np.ndarray, training_mean: np.ndarray) -> dict[str, np.ndarray]:
+    """Per pair and region, the colour distance to the ground truth inside the target's region ``[B, R]``.
+
+    ``model``: the generated image; ``source_colours``: the source person's own region colours
+    (what perfect transfer gives); ``training_mean``: each region's mean colour over the training
+    images ``[R, 3]`` (what a model that ignores the source gives). NaN wherever one of the three
+    is undefined (region absent from the target, the source or the training images), so that
+    the three are always averaged over the same entries.
+    """
+    r = training_mean.shape[0]
+    truth_mean = region_mean_colours(truth, target_regions, r)
+    errors = {"model": colour_distance(region_mean_colours(generated, target_regions, r), truth_mean),
+              "source_colours": colour_distance(region_mean_colours(source, source_regions, r), truth_mean),
+              "training_mean": colour_distance(training_mean[None], truth_mean)}
+    invalid = ~np.logical_and.reduce([np.isfinite(e) for e in errors.values()])
+    for e in errors.values():
+        e[invalid] = np.nan
+    return errors
+
+
+def colour_gap(errors: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Mean errors over the defined entries, and the share of the gap between the references closed.
+
+    ``gap_closed = (training_mean - model) / (training_mean - source_colours)``: 1 for perfect
+    transfer, 0 for a model that ignores the source; None where the references do not differ.
+    """
+    means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in errors.items()}
+    gap = None
+    if None not in means.values() and means["training_mean"] - means["source_colours"] > 1e-9:
+        gap = (means["training_mean"] - means["model"]) / (means["training_mean"] - means["source_colours"])
+    return {"error": means["model"], "error_source_colours": means["source_colours"],
+            "error_training_mean": means["training_mean"], "gap_closed": gap}
+
+
+# ---------------------------------------------------------------------------
+# parsing maps
+
+
+def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, num_regions: int) -> np.ndarray:
+    """Region ids ``[...]`` (same shape) -> int64 ``[R, R]``, rows: truth, columns: predicted."""
+    if predicted.shape != truth.shape:
+        raise ValueError(f"parsing maps differ in shape: {predicted.shape} vs {truth.shape}")
+    bins = truth.astype(np.int64).ravel() * num_regions + predicted.astype(np.int64).ravel()
+    return np.bincount(bins, minlength=num_regions * num_regions).reshape(num_regions, num_regions)
+
+
+def parsing_scores(confusion: np.ndarray) -> dict[str, float | None]:
+    """Pixel accuracy and mean IoU over the regions present in the truth or the prediction."""
+    total = confusion.sum()
+    hits = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    return {"pixel_accuracy": float(hits.sum() / total) if total else None,
+            "miou": float((hits[present] / union[present]).mean()) if present.any() else None}

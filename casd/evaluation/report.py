@@ -1,8 +1,8 @@
-"""The static evaluation report ``reports/index.html``: one self-contained file (base64 PNGs, inline SVG).
+"""The static evaluation report: one self-contained HTML file (base64 PNGs, inline SVG).
 
-Sections: ``#metrics`` (every number as in metrics/eval.json, in ``data-value``), ``#losses``,
-``#best`` / ``#worst`` pairs, ``#samples`` (the test stage's strips). It is built from data the
-evaluate stage hands over; it reads only pictures and the loss CSV.
+Sections: ``#metrics`` (every number as in metrics/eval.json, in ``data-value``, the protocol
+beside it), ``#colour``, ``#parsing``, ``#losses``, ``#best`` / ``#worst`` pairs, ``#samples``.
+Built from :class:`ReportInputs`: data and picture callables handed over by the evaluation.
 """
 
 from __future__ import annotations
@@ -11,30 +11,35 @@ import base64
 import csv
 import html
 import io
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from casd.evaluation.metrics import read_rgb
+from casd.data.layout import read_image
 from casd.fileio import write_text
 
 # Published CASD figures, DeepFashion 256x176 (reference README, section 5).
 PAPER = {"fid": 11.37, "ssim": 0.725, "lpips": 0.194}
 METRIC_INFO = {  # name -> (label, better)
-    "ssim": ("SSIM (field: data range of each generated image)", "higher"),
+    "ssim": ("SSIM", "higher"),
     "ssim_fixed_range": ("SSIM, fixed data range 255", "higher"),
     "psnr": ("PSNR (dB)", "higher"),
-    "lpips": ("LPIPS (AlexNet v0.1)", "lower"),
-    "fid": ("FID (Inception pool3, vs training images)", "lower"),
+    "lpips": ("LPIPS", "lower"),
+    "fid": ("FID", "lower"),
+    "parsing_pixel_accuracy": ("predicted target parsing: pixel accuracy", "higher"),
+    "parsing_miou": ("predicted target parsing: mean IoU", "higher"),
 }
+PROTOCOL_OF = {"ssim": "ssim", "ssim_fixed_range": "ssim_fixed_range", "lpips": "lpips", "fid": "fid_reference",
+               "parsing_pixel_accuracy": "parsing", "parsing_miou": "parsing"}
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3}td.name{text-align:left}td.skipped{color:#a00;font-style:italic}
+th{background:#f3f3f3}td.name,td.protocol{text-align:left}td.protocol{font-size:.8em;color:#555}
+td.skipped{color:#a00;font-style:italic}
 .curves{display:flex;flex-wrap:wrap;gap:12px}.curves figure{margin:0}figcaption{font-size:.85em;text-align:center}
 img{image-rendering:pixelated;max-width:100%}.note{color:#555;font-size:.9em}
 """
@@ -59,33 +64,73 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
 
 
-def metrics_table(result: Mapping[str, Any]) -> str:
-    """The ``#metrics`` table; each number cell has ``data-metric``, ``data-kind`` and ``data-value``."""
-    skipped = result.get("skipped") or {}
-    baseline = result.get("baseline")
+@dataclass
+class ReportInputs:
+    """What the report shows; pictures come from callables so that the report reads no data layout."""
+
+    numbers: Mapping[str, Any]                      # metrics/eval.json
+    rows: Sequence[Mapping[str, Any]]               # per pair: from, to, file and its scores
+    protocol: Mapping[str, Any]
+    skipped: Mapping[str, str]
+    pair_picture: Callable[[int], np.ndarray]       # row index -> source | generated | ground truth
+    parsing_picture: Callable[[int], np.ndarray] | None = None  # row index -> parsing panel
+    facts: list[str] = field(default_factory=list)
+    loss_csv: Path | None = None
+    strips: Sequence[Path] = ()
+    show_pairs: int = 5
+    show_strips: int = 8
+
+
+def _cell(name: str, kind: str, value: Any, skipped: Mapping[str, str]) -> str:
+    if value is None:
+        group = name.split("_", 1)[0] if name.startswith(("parsing_", "colour_")) else name
+        reason = skipped.get(group, "not computed")
+        return (f'<td class="skipped" data-metric="{name}" data-kind="{kind}" '
+                f'title="{html.escape(reason)}">skipped</td>')
+    return f'<td data-metric="{name}" data-kind="{kind}" data-value="{value!r}">{_fmt(value)}</td>'
+
+
+def metrics_table(numbers: Mapping[str, Any], protocol: Mapping[str, Any], skipped: Mapping[str, str]) -> str:
+    """The ``#metrics`` table: model, baseline, paper, protocol; number cells carry ``data-value``."""
+    baseline = numbers.get("baseline")
     head = "<tr><th>metric</th><th>model</th>" + ("<th>baseline (source copied)</th>" if baseline else "") + \
-           "<th>paper CASD (DeepFashion 256x176)</th><th>better</th></tr>"
+           "<th>paper CASD (DeepFashion 256x176)</th><th>better</th><th>protocol</th></tr>"
     rows = [head]
     for name, (label, better) in METRIC_INFO.items():
-        cells = [f'<td class="name">{label}</td>']
-        for kind, values in (("model", result), ("baseline", baseline)):
-            if values is None:
-                continue
-            value = values.get(name)
-            if value is None:
-                reason = skipped.get(name, "not computed")
-                cells.append(f'<td class="skipped" data-metric="{name}" data-kind="{kind}" '
-                             f'title="{html.escape(reason)}">skipped</td>')
-            else:
-                cells.append(f'<td data-metric="{name}" data-kind="{kind}" data-value="{value!r}">{_fmt(value)}</td>')
+        cells = [f'<td class="name">{label}</td>', _cell(name, "model", numbers.get(name), skipped)]
+        if baseline is not None:
+            cells.append(_cell(name, "baseline", baseline.get(name), skipped))
         paper = PAPER.get(name)
-        cells.append(f"<td>{_fmt(paper) if paper is not None else '-'}</td><td>{better}</td>")
+        how = protocol.get(PROTOCOL_OF.get(name, ""), "")
+        cells.append(f"<td>{_fmt(paper) if paper is not None else '-'}</td><td>{better}</td>"
+                     f'<td class="protocol">{html.escape(str(how))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     table = f'<table id="metrics-table">{"".join(rows)}</table>'
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in protocol.items())
+    table += f'<p>Protocol:</p><ul id="protocol">{items}</ul>'
     if skipped:
         items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in skipped.items())
         table += f'<p>Skipped metrics (no number is reported for them):</p><ul id="skipped">{items}</ul>'
     return table
+
+
+def colour_table(numbers: Mapping[str, Any], skipped: Mapping[str, str]) -> str:
+    """The appearance-transfer diagnostic: error, both references and the gap closed, overall and per region."""
+    regions = numbers.get("colour_regions")
+    if not regions:
+        return f'<p class="note skipped">skipped: {html.escape(skipped.get("colour", "not computed"))}</p>'
+    columns = ("error", "error_source_colours", "error_training_mean", "gap_closed")
+    head = ("<tr><th>region</th><th>model error</th><th>source colours (perfect transfer)</th>"
+            "<th>training mean colours (ignores the source)</th><th>gap closed</th></tr>")
+    lines = [head, '<tr data-region="overall"><td class="name">overall</td>'
+             + "".join(_cell(f"colour_{c}", "model", numbers.get(f"colour_{c}"), skipped) for c in columns) + "</tr>"]
+    for region, values in regions.items():
+        lines.append(f'<tr data-region="{html.escape(region)}"><td class="name">{html.escape(region)}</td>'
+                     + "".join(f"<td>{_fmt(values.get(c))}</td>" for c in columns) + "</tr>")
+    return ('<p class="note">Distance (RMS over RGB, 0..255) between the mean colour of the generated image and '
+            'of the ground truth inside each region of the ground-truth target parsing. Gap closed: 1 = the '
+            'source\'s colours carried over, 0 = a model that ignores the source. A diagnostic, not one of the '
+            f'paper\'s metrics.</p><table id="colour-table">{"".join(lines)}</table>')
 
 
 def svg_curve(xs: Sequence[float], ys: Sequence[float], title: str, width: int = 300, height: int = 150) -> str:
@@ -136,82 +181,79 @@ def loss_curves(loss_csv: Path) -> str:
     return '<div class="curves">' + "".join(c for c in charts if c) + "</div>"
 
 
-def _pair_picture(paths, source: str, target: str, file: str) -> np.ndarray:
-    panels = [read_rgb(paths.test_images / source), read_rgb(paths.generated / file), read_rgb(paths.test_images / target)]
-    return np.concatenate(panels, axis=1)
-
-
-def ranked_pairs(rows: Sequence[Mapping[str, Any]], count: int) -> tuple[str, list, list]:
-    """(metric used, best rows, worst rows) by LPIPS, or by SSIM where LPIPS was skipped."""
+def ranked_pairs(rows: Sequence[Mapping[str, Any]], count: int) -> tuple[str, list[int], list[int]]:
+    """(metric used, best row indices, worst row indices) by LPIPS, or by SSIM where LPIPS was skipped."""
     metric = "lpips" if rows and rows[0].get("lpips") is not None else "ssim"
-    scored = [r for r in rows if r.get(metric) is not None and math.isfinite(r[metric])]
-    order = sorted(scored, key=lambda r: r[metric], reverse=metric == "ssim")  # best first
+    scored = [i for i, r in enumerate(rows) if r.get(metric) is not None and math.isfinite(r[metric])]
+    order = sorted(scored, key=lambda i: rows[i][metric], reverse=metric == "ssim")  # best first
     count = min(count, len(order) // 2) if len(order) > 1 else len(order)
     return metric, order[:count], order[::-1][:count]
 
 
-def pairs_section(paths, rows: Sequence[Mapping[str, Any]], which: str, metric: str) -> str:
-    if not rows:
+def pairs_section(inputs: ReportInputs, indices: Sequence[int], which: str, metric: str) -> str:
+    if not indices:
         return '<p class="note">no scored pairs</p>'
-    lines = ["<table><tr><th>source | generated | ground truth</th><th>pair</th><th>LPIPS</th><th>SSIM</th>"
-             "<th>PSNR</th></tr>"]
-    for row in rows:
-        picture = _pair_picture(paths, row["from"], row["to"], row["file"])
-        lines.append(f'<tr data-file="{html.escape(row["file"])}"><td>{_img(picture, row["file"], 2)}</td>'
-                     f'<td class="name">{html.escape(row["from"])}<br>&rarr; {html.escape(row["to"])}</td>'
-                     + "".join(f'<td>{_fmt(row.get(m))}</td>' for m in ("lpips", "ssim", "psnr")) + "</tr>")
+    shown = ("lpips", "ssim", "psnr", "colour_error")
+    lines = ["<table><tr><th>source | generated | ground truth</th><th>pair</th>"
+             + "".join(f"<th>{m}</th>" for m in shown) + "</tr>"]
+    for i in indices:
+        row = inputs.rows[i]
+        lines.append(f'<tr data-file="{html.escape(row["file"])}"><td>{_img(inputs.pair_picture(i), row["file"], 2)}'
+                     f'</td><td class="name">{html.escape(row["from"])}<br>&rarr; {html.escape(row["to"])}</td>'
+                     + "".join(f'<td>{_fmt(row.get(m))}</td>' for m in shown) + "</tr>")
     return f'<p class="note">{which} by {metric.upper()}.</p>' + "".join(lines) + "</table>"
 
 
-def sample_grid(strips_dir: Path, names: Sequence[str], count: int) -> tuple[str, int]:
-    """The test stage's strips stacked into one picture; (HTML, number of strips used)."""
-    files = [strips_dir / n for n in names if (strips_dir / n).is_file()][:count]
+def parsing_panel(inputs: ReportInputs) -> str:
+    """Source parsing | predicted target parsing | ground-truth target parsing for the first pairs."""
+    if inputs.parsing_picture is None:
+        reason = inputs.skipped.get("parsing", "no parsing maps")
+        return f'<p class="note skipped">no predicted parsing to show: {html.escape(reason)}</p>'
+    count = min(inputs.show_strips, len(inputs.rows))
+    grid = _stack([inputs.parsing_picture(i) for i in range(count)])
+    return ('<p class="note">source | source parsing | predicted target parsing (attention of the style-distribution '
+            'blocks) | ground-truth target parsing</p>'
+            f'<div id="parsing-panel" data-pairs="{count}">{_img(grid, "predicted parsing", 2)}</div>')
+
+
+def _stack(pictures: Sequence[np.ndarray]) -> np.ndarray:
+    width = max(p.shape[1] for p in pictures)
+    return np.concatenate([np.pad(p, ((0, 2), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                           for p in pictures], axis=0)
+
+
+def sample_grid(strips: Sequence[Path], count: int) -> str:
+    """The test stage's strips stacked into one picture."""
+    files = [f for f in strips if Path(f).is_file()][:count]
     if not files:
-        return f'<p class="note">no strips in {html.escape(str(strips_dir))} (test.strips: 0?)</p>', 0
-    strips = [read_rgb(f) for f in files]
-    width = max(s.shape[1] for s in strips)
-    strips = [np.pad(s, ((0, 2), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
-    grid = np.concatenate(strips, axis=0)
+        return '<p class="note">no strips (test.strips: 0, or not the test stage\'s pictures)</p>'
+    grid = _img(_stack([read_image(f) for f in files]), "sample grid", 2)
     return (f'<p class="note">source | target pose | generated | ground truth</p>'
-            f'<div id="sample-grid" data-strips="{len(files)}">{_img(grid, "sample grid", 2)}</div>'), len(files)
+            f'<div id="sample-grid" data-strips="{len(files)}">{grid}</div>')
 
 
-def build_report(paths, result: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], config=None,
-                 manifest: Mapping[str, Any] | None = None) -> Path:
-    """Write ``paths.report``.
-
-    paths: an ``EvaluatePaths`` (pictures, strips, loss CSV, report); result: the content of
-    metrics/eval.json; rows: one mapping per pair (``from``, ``to``, ``file`` and its scores);
-    config: an ``EvaluateConfig`` (how many pairs / strips to show).
-    """
-    show_pairs = getattr(config, "report_pairs", 5)
-    show_strips = getattr(config, "report_strips", 8)
-    metric, best, worst = ranked_pairs(rows, show_pairs)
-    manifest = manifest or {}
-    strip_names = manifest.get("strips") or sorted(p.name for p in Path(paths.strips).glob("*.png"))
-    grid, _ = sample_grid(Path(paths.strips), strip_names, show_strips)
-    facts = [f"{result.get('pairs')} test pairs"]
-    if manifest.get("image_size"):
-        facts.append("{}x{}".format(*manifest["image_size"]))
-    if manifest.get("checkpoint_source"):
-        facts.append(f"{manifest['checkpoint_source']} checkpoint")
-    train = {}
-    if Path(paths.train_metrics).is_file():
-        train = json.loads(Path(paths.train_metrics).read_text(encoding="utf-8"))
-        facts.append(f"trained {train.get('epochs', '?')} epochs / {train.get('steps', '?')} steps")
+def build_report(path: str | Path, inputs: ReportInputs) -> Path:
+    """Write the report to ``path``."""
+    metric, best, worst = ranked_pairs(inputs.rows, inputs.show_pairs)
+    numbers = inputs.numbers
+    facts = [f"{numbers.get('pairs')} test pairs", *inputs.facts]
+    losses = loss_curves(inputs.loss_csv) if inputs.loss_csv is not None else \
+        '<p class="note">No training curves (pictures of another method or a released checkpoint).</p>'
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>CASD evaluation report</title>
 <style>{_STYLE}</style></head><body>
 <h1>CASD evaluation report</h1>
 <p class="note" id="facts">{html.escape(" · ".join(facts))}</p>
-<section id="metrics"><h2>Metrics</h2>{metrics_table(result)}
-<p class="note">Baseline: the source image returned unchanged. Paper: published CASD figures on DeepFashion
-256x176 (8,570 pairs); numbers of the synthetic demo are not comparable with them.</p></section>
-<section id="losses"><h2>Training curves</h2>{loss_curves(Path(paths.loss_csv))}</section>
-<section id="best"><h2>Best pairs</h2>{pairs_section(paths, best, "Lowest error", metric)}</section>
-<section id="worst"><h2>Worst pairs</h2>{pairs_section(paths, worst, "Highest error", metric)}</section>
-<section id="samples"><h2>Sample grid</h2>{grid}</section>
+<section id="metrics"><h2>Metrics</h2>{metrics_table(numbers, inputs.protocol, inputs.skipped)}
+<p class="note">Baseline: the source image (and the source's parsing) returned unchanged. Paper: published CASD
+figures on DeepFashion 256x176 (8,570 pairs); numbers of the synthetic demo are not comparable with them.</p></section>
+<section id="colour"><h2>Appearance transfer (region colours)</h2>{colour_table(numbers, inputs.skipped)}</section>
+<section id="parsing"><h2>Predicted target parsing</h2>{parsing_panel(inputs)}</section>
+<section id="losses"><h2>Training curves</h2>{losses}</section>
+<section id="best"><h2>Best pairs</h2>{pairs_section(inputs, best, "Lowest error", metric)}</section>
+<section id="worst"><h2>Worst pairs</h2>{pairs_section(inputs, worst, "Highest error", metric)}</section>
+<section id="samples"><h2>Sample grid</h2>{sample_grid(inputs.strips, inputs.show_strips)}</section>
 </body></html>
 """
-    write_text(paths.report, page)
-    return Path(paths.report)
+    write_text(path, page)
+    return Path(path)
