@@ -1,6 +1,7 @@
-"""Annotation benchmark: seconds per photo for framing, LIP parsing (SCHP) and, with the released models, the whole chain.
+"""Annotation benchmark: seconds per photo for framing, LIP parsing (SCHP) and the whole chain (released models).
 
-    python benchmarks/bench_annotate.py [--photos 5] [--threads 2] [--device cpu|cuda] [--out reports/bench-annotate.json]
+    python benchmarks/bench_annotate.py [--photos 5] [--threads 2] [--device cpu|cuda] \
+        [--out reports/bench-annotate.json]
 
 - framing: a 750x1101 photo (DeepFashion's high-res size) cropped and resampled to 256x176;
 - parser: the full-size SCHP network (ResNet-101) at the authors' 473x473 on a 256x176 framed photo, pre- and

@@ -12,7 +12,6 @@ SCHP with random weights, loaded through the authors' names.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,7 +34,6 @@ from casd.data.layout import LIP_TO_REGION, annotation_file, list_file, read_ann
 from casd.errors import DataError, WeightsError  # noqa: E402
 from casd.weights import REGISTRY  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
 from parser_rules import IMAGE_SIZE, INPUT_SIZE, rule_state_dict  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "annotate" / "parser_equivalence.pt"
@@ -238,9 +236,9 @@ def test_annotator_frames_the_person_and_places_the_joints(standin_weights):
     assert result.keypoints[2, 1] < result.keypoints[5, 1]  # right shoulder on the picture's left
 
 
-@pytest.mark.filterwarnings("ignore:model.vgg_weights: none")
+@pytest.mark.filterwarnings("ignore:model.vgg_weights")
 def test_annotate_writes_the_dataset_formats_and_generate_reads_them(standin_weights, tmp_path):
-    from casd.generate import Synthesizer
+    from casd.inference import Synthesizer
     from casd.models.generator import Generator, GeneratorConfig
 
     photos = [tmp_path / "alice.jpg", tmp_path / "bob.png"]
@@ -290,6 +288,13 @@ def test_annotate_deepfashion_makes_a_data_root(standin_weights, tmp_path):
         assert Image.open(out / r).size == (176, 256)
         assert np.asarray(Image.open(out / "semantic_merge3" / f"{name[:-4]}.png")).max() < 20
     assert (out / "fashion-resize-pairs-test.csv").read_text().splitlines()[1] == f"{flat[0]},{flat[1]}"
+    # the pipeline's split stage takes the folder as data.root
+    from casd.data.layout import DataConfig
+    from casd.data.prepare import split
+
+    summary = split(DataConfig(source="deepfashion", root=str(out)), raw_dir=out, out_dir=tmp_path / "split",
+                    reports_dir=tmp_path / "reports")
+    assert sorted(p.name for p in (tmp_path / "split" / "test").iterdir()) == sorted(flat[:2]), summary
 
 
 def test_no_person_is_one_data_error(standin_weights):

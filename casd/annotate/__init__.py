@@ -134,15 +134,15 @@ def _default_annotator(device: str) -> Annotator:
     return Annotator.from_weights(device)
 
 
-def annotate_image(image: Image.Image | np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """One photo -> (keypoints int (y, x) [18, 2], LIP-20 ids uint8 [256, 176]) in the framed photo.
+def annotate_image(image: Image.Image | np.ndarray, device: str = "cpu") -> Annotation:
+    """One RGB photo -> its :class:`Annotation`: the framed photo (256x176), keypoints and LIP-20 map in that frame.
 
-    The framed photo itself: ``Annotator.from_weights()(image).image``. Missing
-    weights -> :class:`WeightsError` (one line naming the files and how to get
-    them); no person -> :class:`DataError`. The models load once per device.
+    The keypoints and maps fit the framed ``.image``, not the photo as given:
+    use that image as the person. Missing weights -> :class:`WeightsError`
+    (one line naming the files and how to get them); no person ->
+    :class:`DataError`. The models load once per device.
     """
-    result = _default_annotator(device)(image)
-    return result.keypoints, result.lip
+    return _default_annotator(device)(image)
 
 
 # --------------------------------------------------------------------------- writing

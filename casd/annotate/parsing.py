@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from casd.errors import DataError
+from casd.checkpoints import load_checkpoint
+from casd.errors import CasdError, DataError
 
 NUM_LIP_CLASSES = 20
 INPUT_SIZE = (473, 473)  # (H, W) of the authors' LIP setting
@@ -282,8 +283,6 @@ def convert_upstream_state_dict(state: Mapping[str, torch.Tensor], config: Parse
 def load_parser(path: str | os.PathLike, config: ParserConfig | None = None,
                 device: str | torch.device = "cpu") -> SCHPParser:
     """The authors' checkpoint (``{"state_dict": ...}`` or a bare state dict) -> :class:`SCHPParser` in eval mode."""
-    from casd.checkpoints import load_checkpoint
-
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
@@ -301,7 +300,6 @@ def _cv2():
     try:
         import cv2
     except ImportError:  # pragma: no cover - installed with the annotate extra (rtmlib needs it)
-        from casd.errors import CasdError
         raise CasdError("casd annotate needs OpenCV: pip install 'casd[annotate]'") from None
     return cv2
 

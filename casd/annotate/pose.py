@@ -62,7 +62,7 @@ def _rtmlib():
 
 
 def onnx_member(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
-    """``path`` itself if it is an .onnx file; for one of rtmlib's zip releases, its ``end2end.onnx`` unpacked into ``folder``."""
+    """``path`` itself for an .onnx file; for an rtmlib zip release, its ``end2end.onnx`` unpacked into ``folder``."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
         return path
