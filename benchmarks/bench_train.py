@@ -4,7 +4,7 @@
     python benchmarks/bench_train.py --set train.batch_size=16 --set loss.cx=0 --steps 20
     python benchmarks/bench_train.py --params params-deepfashion.yaml --set train.amp=bf16   # on a GPU
 
-The step is exactly what training runs (:meth:`casd.train.Trainer.train_step`:
+The step is exactly what training runs (:meth:`casd.train.loop.Trainer.train_step`:
 generator forward, every loss term of non-zero weight, D forward, both
 backward passes and optimiser steps), fed from the real loader; the loader
 figure is the DataLoader plus the batched pose-map rendering on the training
@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from casd.config import load_params
-    from casd.data.dataset import add_pose_input
     from casd.train import Outputs, Trainer, TrainJob
 
     warnings.filterwarnings("ignore")
@@ -77,14 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
         next(it)
         samples, start = 0, time.perf_counter()
         for _ in range(args.loader_batches):
-            batch = trainer._batch_to_device(next(it))
-            samples += batch["P1"].shape[0]
+            batch = trainer.to_device(next(it))
+            samples += batch.source.shape[0]
         _sync(device)
         loader_rate = samples / (time.perf_counter() - start)
 
         # full train steps
         trainer.nets.train()
-        batch_list = [trainer._batch_to_device(next(it)) for _ in range(args.warmup + args.steps)]
+        batch_list = [trainer.to_device(next(it)) for _ in range(args.warmup + args.steps)]
         for batch in batch_list[:args.warmup]:
             trainer.train_step(batch)
         _sync(device)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         _sync(device)
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
-        step_rate = sum(b["P1"].shape[0] for b in batch_list[args.warmup:]) / seconds
+        step_rate = sum(b.source.shape[0] for b in batch_list[args.warmup:]) / seconds
 
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "image_size": list(job.image_size),

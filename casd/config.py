@@ -81,15 +81,23 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolve_device(spec: str):
-    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device without CUDA is a ConfigError."""
+def resolve_device(spec: str, local_rank: int | None = None):
+    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device without CUDA is a ConfigError.
+
+    ``local_rank`` (one process per GPU): a bare ``cuda`` / ``auto`` becomes ``cuda:<local_rank>``.
+    """
     import torch
 
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {spec!r}: expected auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        device = torch.device("cuda", local_rank)
     return device
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,10 +15,12 @@ import pytest
 import torch
 import yaml
 
-from casd import train as train_module
 from casd.checkpoints import load_checkpoint
 from casd.errors import ConfigError
-from casd.train import NonFiniteLossError, Outputs, TrainJob, lr_factor, train
+from casd.losses import Objective
+from casd.models import Generator, GeneratorConfig
+from casd.train import NonFiniteLossError, Outputs, Trainer, TrainJob, lr_factor, train
+from casd.train.loop import ChunkedGenerator, Networks
 from helpers import SIZE, tiny_loss, tiny_params, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,17 +46,27 @@ def generator_state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["generator"]
 
 
+def _leaves(tree):
+    for value in tree.values():
+        yield from _leaves(value) if isinstance(value, dict) else [value]
+
+
 def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_lr_schedule_constant_then_linear():
-    factors = [lr_factor(e, 3, 4) for e in range(7)]
-    assert factors[:3] == [1.0, 1.0, 1.0]
-    assert factors[3:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
-    assert lr_factor(999, 500, 500) == pytest.approx(1 / 501)
+def test_lr_schedule_is_upstreams_rule():
+    """Upstream: 1 - max(0, epoch + 1 + epoch_count - niter) / (niter_decay + 1), epoch_count 1, 0-based epoch."""
+    niter = niter_decay = 500
+    factors = [lr_factor(e, niter, niter_decay) for e in range(1000)]
+    assert factors == [1.0 - max(0, e + 1 + 1 - niter) / float(niter_decay + 1) for e in range(1000)]
+    assert factors[:499] == [1.0] * 499                 # 499 epochs at the base lr
+    assert 0 < factors[499] < 1 and factors[499] == pytest.approx(500 / 501)
+    assert all(a > b for a, b in zip(factors[499:], factors[500:]))  # then 501 decaying epochs
+    assert factors[-1] == 0.0                           # the last at lr 0
+    assert [lr_factor(e, 3, 4) for e in range(7)] == pytest.approx([1, 1, 0.8, 0.6, 0.4, 0.2, 0])
 
 
 def test_params_files_parse():
@@ -88,7 +101,9 @@ def test_tiny_training_end_to_end(data_root, tmp_path):
     assert {"l1", "gan", "d_pb", "d_pp", "g_total"} <= set(summary["loss"])
     rows = out.loss_csv.read_text().splitlines()
     assert rows[0].startswith("epoch,step,lr,") and len(rows) == 4
-    assert [float(r.split(",")[2]) for r in rows[1:]] == pytest.approx([1e-3, 1e-3, 0.5e-3])
+    assert [float(r.split(",")[2]) for r in rows[1:]] == pytest.approx([1e-3, 0.5e-3, 0.0])
+    metrics = json.loads(out.metrics.read_text())  # numbers only (DVC's metrics table), strings go to tags
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in _leaves(metrics))
     assert sorted(p.name for p in out.checkpoint_dir.glob("*.pt")) == ["epoch_0002.pt", "epoch_0003.pt",
                                                                      "latest.pt"]
     export = load_checkpoint(out.model)
@@ -96,7 +111,7 @@ def test_tiny_training_end_to_end(data_root, tmp_path):
     latest = load_checkpoint(out.checkpoint_dir / "latest.pt")
     assert_same_weights(export["generator"], latest["generator"])
     assert latest["epoch"] == 3 and latest["step_in_epoch"] == 0 and len(latest["history"]) == 3
-    initial = train_module.Networks(TrainJob.from_params(tiny_params()).model, 8).generator.state_dict()
+    initial = Networks(TrainJob.from_params(tiny_params()).model, 8).generator.state_dict()
     assert not torch.equal(initial["decoder.to_image.weight"], export["generator"]["decoder.to_image.weight"])
     from PIL import Image
 
@@ -110,11 +125,11 @@ def test_tiny_training_end_to_end(data_root, tmp_path):
 
 def test_zero_weight_terms_are_not_built():
     job = TrainJob.from_params(tiny_params())
-    objective = train_module.Objective(job.loss)
+    objective = Objective(job.loss)
     assert set(objective.terms) == set(objective.active)
     assert "cx" not in objective.terms and "lpips" not in objective.terms and "style" in objective.terms
     cheap = dict(tiny_params()["loss"], perceptual=0, content=0, style=0, cx=0, lpips=0)
-    objective = train_module.Objective(TrainJob.from_params({**tiny_params(), "loss": cheap}).loss)
+    objective = Objective(TrainJob.from_params({**tiny_params(), "loss": cheap}).loss)
     assert objective.active == ("l1", "gan", "amce")
     assert not any("vgg" in name for name, _ in objective.named_modules())  # no VGG built at all
 
@@ -195,7 +210,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(data_root, tmp_path, capsys
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
     out = Outputs.under(tmp_path)
-    original = train_module.Objective.generator_terms
+    original = Objective.generator_terms
     calls = {"n": 0}
 
     def poisoned(self, *args, **kwargs):
@@ -205,7 +220,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, mo
             terms["l1"] = terms["l1"] * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module.Objective, "generator_terms", poisoned)
+    monkeypatch.setattr(Objective, "generator_terms", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 2, batch 1\): l1 = nan.*last good checkpoint"):
         train(TrainJob.from_params(tiny_params()), data_root, out)
     latest = load_checkpoint(out.checkpoint_dir / "latest.pt")
@@ -226,7 +241,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, params: dict, data_root: 
     log = open(Path(out_root) / f"rank{rank}.log", "w")
     sys.stdout = log
     sys.stderr = log
-    trainer = train_module.Trainer(TrainJob.from_params(params), data_root, Outputs.under(out_root))
+    trainer = Trainer(TrainJob.from_params(params), data_root, Outputs.under(out_root))
     trainer.run()
     torch.save({"generator": trainer.nets.generator.state_dict(), "d_pb": trainer.nets.d_pb.state_dict(),
                 "steps": trainer.global_step}, Path(out_root) / f"rank{rank}.pt")
@@ -236,17 +251,73 @@ def _ddp_worker(rank: int, world_size: int, port: int, params: dict, data_root: 
 def test_two_process_ddp_on_cpu(data_root, tmp_path):
     import torch.multiprocessing as mp
 
-    params = tiny_params(epochs_constant=1, epochs_decay=0, checkpoint_every_steps=0)
+    # 2 epochs (the second at lr 0) of 4 pairs = 2 per rank, batch 4 = 2 per rank: one step per epoch
+    params = tiny_params(epochs_constant=2, epochs_decay=0, pairs_per_epoch=4, checkpoint_every_steps=0)
     mp.spawn(_ddp_worker, args=(2, _free_port(), params, str(data_root), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["steps"] == r1["steps"] == 2  # 8 pairs per epoch = 4 per rank, batch 4 = 2 per rank
+    assert r0["steps"] == r1["steps"] == 2
     assert_same_weights(r0["generator"], r1["generator"])
     assert_same_weights(r0["d_pb"], r1["d_pb"])
-    initial = train_module.Networks(TrainJob.from_params(params).model, 8).generator.state_dict()
+    initial = Networks(TrainJob.from_params(params).model, 8).generator.state_dict()
     assert not torch.equal(initial["decoder.to_image.weight"], r0["generator"]["decoder.to_image.weight"])
     log0, log1 = ((tmp_path / f"rank{r}.log").read_text() for r in (0, 1))
-    assert "epoch 1/1" in log0 and "train: done" in log0
+    assert "epoch 1/2" in log0 and "train: done" in log0
     assert "epoch" not in log1 and "train: done" not in log1
     latest = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert latest["global_step"] == 2
     assert_same_weights(latest["generator"], r0["generator"])
+
+
+def test_stale_checkpoint_temp_files_are_removed_at_start(data_root, tmp_path):
+    """A save killed mid-write leaves .latest.pt.*.tmp.pt: the next run deletes it before training."""
+    out = Outputs.under(tmp_path)
+    out.checkpoint_dir.mkdir(parents=True)
+    stale = out.checkpoint_dir / ".latest.pt.k1ll3d.tmp.pt"
+    stale.write_bytes(b"partial")
+    keep = out.checkpoint_dir / "notes.txt"
+    keep.write_text("mine")
+    Trainer(TrainJob.from_params(tiny_params(epochs_constant=1, epochs_decay=0)), data_root, out)
+    assert not stale.exists() and keep.exists()
+
+
+def test_dvc_never_caches_atomic_temp_files(tmp_path):
+    """.dvcignore (gitignore rules, as DVC reads it) excludes atomic_path's temp names from the checkpoints output."""
+    from pathspec import PathSpec
+
+    from casd.fileio import atomic_path
+
+    with atomic_path(tmp_path / "latest.pt") as tmp:
+        temp_name = tmp.name  # the name a save killed at this point leaves behind
+        tmp.write_bytes(b"x")
+    patterns = [line.strip() for line in (REPO / ".dvcignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    spec = PathSpec.from_lines("gitignore", patterns)
+    assert spec.match_file(f"checkpoints/{temp_name}")
+    assert not any(spec.match_file(f"checkpoints/{n}") for n in ("latest.pt", "epoch_0002.pt"))
+
+
+def test_norm_batch_chunks_equal_separate_halves():
+    """chunks=2: each half's norm statistics are its own (as two DataParallel replicas), outputs concatenated."""
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig.tiny(), pretrained_vgg=False)
+    gen = torch.Generator().manual_seed(1)
+    pose = torch.rand(4, g.config.pose_channels, 32, 24, generator=gen)
+    image = torch.rand(4, 3, 32, 24, generator=gen) * 2 - 1
+    parsing = torch.nn.functional.one_hot(torch.randint(0, 8, (4, 32, 24), generator=gen), 8).permute(0, 3, 1, 2)
+    parsing = parsing.float()
+    chunked, chunked_attention = ChunkedGenerator(g, 2)(pose, image, parsing)
+    halves = [g(pose[s], image[s], parsing[s]) for s in (slice(0, 2), slice(2, 4))]
+    torch.testing.assert_close(chunked, torch.cat([h[0] for h in halves]), rtol=0, atol=0)
+    for i, maps in enumerate(chunked_attention):
+        torch.testing.assert_close(maps, torch.cat([h[1][i] for h in halves]), rtol=0, atol=0)
+    whole, _ = g(pose, image, parsing)  # batch statistics over all 4 differ: the chunking is what changed it
+    assert not torch.allclose(whole, chunked)
+
+
+def test_norm_batch_chunks_train_and_must_divide_the_batch(data_root, tmp_path):
+    params = tiny_params(epochs_constant=1, epochs_decay=0, pairs_per_epoch=4, norm_batch_chunks=2)
+    params["loss"].update(perceptual=0, content=0, style=0)
+    summary = train(TrainJob.from_params(params), data_root, Outputs.under(tmp_path / "ok"))
+    assert summary["steps"] == 1
+    with pytest.raises(ConfigError, match="norm_batch_chunks"):
+        Trainer(TrainJob.from_params(tiny_params(norm_batch_chunks=3)), data_root, Outputs.under(tmp_path / "bad"))

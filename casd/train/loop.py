@@ -1,0 +1,441 @@
+"""The training loop: build, step, loop (upstream ``TransferModel.optimize_parameters`` per step).
+
+One iteration::
+
+    fake, attn = G(target pose, source image, source parsing)
+    G step:  L1 + perceptual + GAN (mean of D_PB, D_PP) + CX + AMCE + LPIPS + content + style
+    D step:  LSGAN on D_PB(image, target pose) and D_PP(image, source image), real = target, fake = fake.detach()
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from casd.checkpoints import save_checkpoint
+from casd.config import load_params
+from casd.data.dataset import EpochPairSampler, PairBatch, PairDataset
+from casd.data.layout import PreparedLayout
+from casd.errors import CasdError, ConfigError
+from casd.fileio import remove_temp_files, write_json, write_text
+from casd.losses import DISCRIMINATOR_TERMS, TERMS, Objective, random_backbones
+from casd.models import Discriminator, Generator
+from casd.tracking import Tracker
+from casd.train import distributed, state as train_state
+from casd.train.job import ConstantThenLinear, Outputs, TrainJob
+from casd.visuals import draw_skeleton, make_grid, make_strip, save_png, to_uint8
+
+LOGGED_TERMS = (*TERMS, "g_total", *DISCRIMINATOR_TERMS)  # column order of the loss CSV and the summary
+
+
+class NonFiniteLossError(CasdError):
+    """A loss term became NaN or infinite: training stopped, the last checkpoint is kept."""
+
+
+class Networks(nn.Module):
+    """G, D_PB and D_PP in one module (one state dict, one ``.to()``)."""
+
+    def __init__(self, model_config, disc_width: int):
+        super().__init__()
+        self.generator = Generator(model_config)
+        self.d_pb = Discriminator(3 + model_config.pose_channels, width=disc_width)  # (image, target pose)
+        self.d_pp = Discriminator(6, width=disc_width)                                # (image, source image)
+
+
+class ChunkedGenerator(nn.Module):
+    """The generator run on ``chunks`` consecutive slices of the batch, outputs concatenated.
+
+    Norm statistics then span one slice (upstream's DataParallel), while the losses see the whole batch.
+    """
+
+    def __init__(self, generator: Generator, chunks: int):
+        super().__init__()
+        self.generator, self.chunks = generator, chunks
+
+    def forward(self, pose: torch.Tensor, source_image: torch.Tensor, source_parsing: torch.Tensor):
+        outputs = [self.generator(*parts) for parts in zip(pose.chunk(self.chunks), source_image.chunk(self.chunks),
+                                                           source_parsing.chunk(self.chunks))]
+        images = torch.cat([image for image, _ in outputs])
+        attention = [torch.cat(maps) for maps in zip(*(attn for _, attn in outputs))]
+        return images, attention
+
+
+def sample_grid(batch: PairBatch, generated: torch.Tensor, rows: int = 4) -> np.ndarray:
+    """One row per pair: source | target pose | generated | target -> uint8 [rows*H, 4*W, 3]."""
+    rows = min(rows, generated.shape[0])
+    size = tuple(generated.shape[-2:])
+    src, gen, tgt = to_uint8(batch.source[:rows]), to_uint8(generated[:rows]), to_uint8(batch.target[:rows])
+    return make_grid([make_strip([src[i], draw_skeleton(batch.target_keypoints[i], size), gen[i], tgt[i]])
+                      for i in range(rows)])
+
+
+def write_loss_csv(path: Path, history: list[dict]) -> None:
+    """One row per epoch: epoch, step, lr, every logged term, samples/s."""
+    if not history:
+        return
+    columns = ["epoch", "step", "lr", *[k for k in LOGGED_TERMS if k in history[-1]], "samples_per_s"]
+    lines = [",".join(columns)]
+    for row in history:
+        lines.append(",".join(str(row[c]) if c in ("epoch", "step") else f"{row.get(c, float('nan')):.6g}"
+                              for c in columns))
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def check_finite(logged: dict[str, float], trainer: "Trainer") -> None:
+    """Stop with :class:`NonFiniteLossError` naming the step and the terms when a loss is NaN or infinite."""
+    bad = [name for name, v in logged.items() if not math.isfinite(v)]
+    if not bad:
+        return
+    latest = trainer.out.checkpoint_dir / "latest.pt"
+    where = f"the last good checkpoint {latest} is kept" if latest.is_file() else "no checkpoint was written yet"
+    raise NonFiniteLossError(
+        f"non-finite loss at step {trainer.global_step + 1} (epoch {trainer.epoch + 1}, batch "
+        f"{trainer.step_in_epoch + 1}): " + ", ".join(f"{n} = {logged[n]}" for n in bad)
+        + f"; training stopped, {where}. Try a lower train.lr, train.grad_clip, or train.amp: none")
+
+
+class Trainer:
+    """One training run; :meth:`run` trains to the end (or resumes and finishes) and writes the outputs."""
+
+    def __init__(self, job: TrainJob, data_root: str | Path = "data", outputs: Outputs | None = None):
+        self.job, self.cfg = job, job.train
+        self.data_root = Path(data_root)
+        self.out = outputs or Outputs()
+        self._setup_process()
+        if self.dist.main:  # a save killed mid-write leaves its temp file: never resumed from, never cached
+            remove_temp_files(self.out.checkpoint_dir)
+        self._build_data()
+        self._build_models()
+        self._build_optimizers()
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch_sums: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.run_id: str | None = None
+        self.fingerprint = train_state.fingerprint(job, self.data_root)
+        self.resumed_from: Path | None = None
+        found = train_state.resume_state(self.cfg.resume, self.out.checkpoint_dir, self.fingerprint,
+                                         announce=self.dist.main)
+        if found:
+            self.restore(*found)
+        self._wrap_models()
+        self.tracker = Tracker.disabled()
+
+    # ---- build
+
+    def _setup_process(self) -> None:
+        cfg = self.cfg
+        if cfg.deterministic:
+            train_state.set_deterministic(True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.dist = distributed.init_distributed(cfg.device)
+        self.device = distributed.training_device(cfg.device, self.dist)
+        if cfg.batch_size % (self.dist.world_size * cfg.norm_batch_chunks):
+            raise ConfigError(f"params.yaml [train]: batch_size {cfg.batch_size} is not divisible by the "
+                              f"{self.dist.world_size} processes x {cfg.norm_batch_chunks} norm_batch_chunks")
+        self.batch_per_rank = cfg.batch_size // self.dist.world_size
+        if cfg.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("params.yaml [train]: amp bf16 but this GPU does not support bfloat16; use fp16")
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def _build_data(self) -> None:
+        cfg, job = self.cfg, self.job
+        self.dataset = PairDataset(self.data_root, "train", job.image_size, render_pose=False, pose_config=job.pose,
+                                   preload=cfg.preload)
+        self.sampler = EpochPairSampler(len(self.dataset), cfg.pairs_per_epoch, seed=cfg.seed, rank=self.dist.rank,
+                                        world_size=self.dist.world_size, flip=cfg.flip)
+        self.steps_per_epoch = math.ceil(self.sampler.per_rank / self.batch_per_rank)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_per_rank, sampler=self.sampler, num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+            # its own generator: creating an iterator must not consume the global torch RNG
+            generator=torch.Generator().manual_seed(cfg.seed))
+
+    def _build_models(self) -> None:
+        # same seed on every rank -> same initial weights (DDP broadcasts rank 0's anyway)
+        train_state.seed_everything(self.cfg.seed)
+        self.nets = Networks(self.job.model, self.cfg.disc_width).to(self.device, memory_format=self.memory_format)
+        self.objective = Objective(self.job.loss).to(self.device)
+
+    def _build_optimizers(self) -> None:
+        cfg, betas = self.cfg, (self.cfg.beta1, self.cfg.beta2)
+        g = self.nets.generator
+        self.optimizers = {
+            "generator": torch.optim.Adam([p for p in g.parameters() if p.requires_grad], lr=cfg.lr, betas=betas),
+        }
+        if self.job.loss.gan > 0:  # the discriminators only train (and only need optimisers) with the GAN term on
+            self.optimizers["d_pb"] = torch.optim.Adam(self.nets.d_pb.parameters(), lr=cfg.lr, betas=betas)
+            self.optimizers["d_pp"] = torch.optim.Adam(self.nets.d_pp.parameters(), lr=cfg.lr, betas=betas)
+        rule = ConstantThenLinear(cfg.epochs_constant, cfg.epochs_decay)
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in self.optimizers.items()}
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+
+    def _wrap_models(self) -> None:
+        """DDP for gradient averaging, torch.compile on top; the frozen-D copies stay outside DDP."""
+        g = self.nets.generator
+        self.g_train = ChunkedGenerator(g, self.cfg.norm_batch_chunks) if self.cfg.norm_batch_chunks > 1 else g
+        self.d_pb_train, self.d_pp_train = self.nets.d_pb, self.nets.d_pp
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # find_unused_parameters: the cross attention's key convolutions get no gradient (upstream
+            # detaches the key path), so the reducer must not wait for them
+            self.g_train = DDP(self.g_train, device_ids=ids, find_unused_parameters=True)
+            self.d_pb_train = DDP(self.nets.d_pb, device_ids=ids)
+            self.d_pp_train = DDP(self.nets.d_pp, device_ids=ids)
+        self.d_pb_frozen, self.d_pp_frozen = self.nets.d_pb, self.nets.d_pp
+        if self.cfg.compile:
+            self.g_train = torch.compile(self.g_train)
+            self.d_pb_train, self.d_pp_train = torch.compile(self.d_pb_train), torch.compile(self.d_pp_train)
+            self.d_pb_frozen, self.d_pp_frozen = torch.compile(self.d_pb_frozen), torch.compile(self.d_pp_frozen)
+
+    # ---- checkpoints
+
+    def state(self) -> dict:
+        return train_state.checkpoint_state(self)
+
+    def restore(self, state: dict, path: Path) -> None:
+        train_state.restore(self, state, path)
+
+    def save(self, epoch_copy: bool = False) -> None:
+        """Write ``latest.pt`` (and ``epoch_NNNN.pt``), atomically; rank 0 only."""
+        if not self.dist.main:
+            return
+        state = self.state()
+        save_checkpoint(self.out.checkpoint_dir / "latest.pt", state)
+        if epoch_copy:
+            save_checkpoint(self.out.checkpoint_dir / f"epoch_{self.epoch:04d}.pt", state)
+
+    # ---- one step
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, collated: dict) -> PairBatch:
+        """A DataLoader batch -> :class:`PairBatch` on the training device, target pose rendered there."""
+        batch = PairBatch.from_collated(collated).to(self.device, self.memory_format)
+        return batch.render_target_pose(self.job.image_size, self.job.pose, self.memory_format)
+
+    def train_step(self, batch: PairBatch) -> tuple[dict[str, float], torch.Tensor]:
+        """One G step and one D step; returns ({term: value averaged over ranks}, generated images)."""
+        discriminators = [*self.nets.d_pb.parameters(), *self.nets.d_pp.parameters()]
+        with self._autocast():
+            fake, attention = self.g_train(batch.target_pose, batch.source, batch.source_parsing)
+            for p in discriminators:
+                p.requires_grad_(False)
+            g_terms = self.objective.generator_terms(fake, attention, batch, self.d_pb_frozen, self.d_pp_frozen)
+            for p in discriminators:
+                p.requires_grad_(True)
+            d_terms = self.objective.discriminator_terms(fake, batch, self.d_pb_train, self.d_pp_train)
+        names = list(g_terms) + list(d_terms)
+        values = distributed.average(torch.stack([t.detach() for t in (*g_terms.values(), *d_terms.values())]),
+                                     self.dist)  # a NaN on any rank reaches every rank: all stop together
+        logged = dict(zip(names, values.tolist()))
+        check_finite(logged, self)
+
+        self.optimizers["generator"].zero_grad(set_to_none=True)
+        self.scaler.scale(sum(g_terms.values())).backward()
+        self._optimizer_step("generator", self.nets.generator)
+        if d_terms:
+            self.optimizers["d_pb"].zero_grad(set_to_none=True)
+            self.optimizers["d_pp"].zero_grad(set_to_none=True)
+            self.scaler.scale(sum(d_terms.values())).backward()
+            self._optimizer_step("d_pb", self.nets.d_pb)
+            self._optimizer_step("d_pp", self.nets.d_pp)
+        self.scaler.update()
+        logged["g_total"] = float(sum(logged[n] for n in g_terms))
+        return logged, fake.detach()
+
+    def _optimizer_step(self, key: str, net: nn.Module) -> None:
+        optimizer = self.optimizers[key]
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.grad is not None], self.cfg.grad_clip)
+        self.scaler.step(optimizer)
+
+    # ---- the run
+
+    def run(self) -> dict:
+        """Train to ``train.epochs_constant + train.epochs_decay`` epochs; returns the metrics written."""
+        cfg = self.cfg
+        if self.dist.main:
+            self.tracker = Tracker.start(self.job.tracking, self.job.logged_params(), tags=run_tags(self),
+                                         resume_run_id=self.run_id)
+            self.run_id = self.tracker.run_id
+            self.tracker.write_run_file(self.out.run_file, self.job.tracking)
+            what = (f"resuming {self.resumed_from} at epoch {self.epoch + 1}, step {self.global_step}"
+                    if self.resumed_from else "starting")
+            print(f"train: {what}; {len(self.dataset)} pairs, {cfg.pairs_per_epoch} per epoch, "
+                  f"{self.steps_per_epoch} steps of {cfg.batch_size} per epoch, {cfg.epochs} epochs, "
+                  f"device {self.device} x {self.dist.world_size}, amp {cfg.amp}, "
+                  f"losses {'+'.join(self.objective.active)}", flush=True)
+        status = "FAILED"
+        try:
+            self._loop()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if status != "FINISHED":
+                self.tracker.end(status)
+        summary = finish_outputs(self) if self.dist.main else {}
+        self.tracker.end("FINISHED")
+        distributed.finish(self.dist)
+        return summary
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        self.nets.train()
+        while self.epoch < cfg.epochs:
+            lr = self.optimizers["generator"].param_groups[0]["lr"]
+            self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.batch_per_rank)
+            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                       disable=None if self.dist.main else True,  # None: off when stderr is not a terminal
+                       desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
+            window: dict[str, float] = {}
+            window_steps, window_start = 0, time.perf_counter()
+            epoch_start = epoch_clock = time.perf_counter()  # epoch_start restarts at each mid-epoch save
+            epoch_samples = 0
+            for collated in self.loader:
+                batch = self.to_device(collated)
+                terms, fake = self.train_step(batch)
+                n = fake.shape[0] * self.dist.world_size
+                self.step_in_epoch += 1
+                self.global_step += 1
+                epoch_samples += n
+                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0.0) + 1
+                for k, v in terms.items():
+                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+                    window[k] = window.get(k, 0.0) + v
+                window_steps += 1
+                if self.dist.main:
+                    rate = window_steps * n / max(time.perf_counter() - window_start, 1e-9)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()} | {"samples/s": f"{rate:.1f}"},
+                                    refresh=False)
+                    bar.update()
+                    if cfg.log_every and self.global_step % cfg.log_every == 0:
+                        metrics = {f"train/{k}": v / window_steps for k, v in window.items()}
+                        metrics.update({"train/lr": lr, "train/samples_per_s": rate, "train/epoch": self.epoch + 1})
+                        self.tracker.log_metrics(metrics, self.global_step)
+                        window, window_steps, window_start = {}, 0, time.perf_counter()
+                    if cfg.sample_every and self.global_step % cfg.sample_every == 0:
+                        self.tracker.log_image(sample_grid(batch, fake), f"samples/step_{self.global_step:07d}.png")
+                if (cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0
+                        and self.step_in_epoch < self.steps_per_epoch):
+                    self.train_seconds += time.perf_counter() - epoch_start
+                    epoch_start = time.perf_counter()
+                    self.save()
+            bar.close()
+            self.train_seconds += time.perf_counter() - epoch_start
+            self._end_epoch(lr, epoch_samples / max(time.perf_counter() - epoch_clock, 1e-9))
+
+    def _end_epoch(self, lr: float, samples_per_s: float) -> None:
+        steps = self.epoch_sums.pop("steps", 0.0) or 1.0
+        record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": lr,
+                  **{k: v / steps for k, v in self.epoch_sums.items()}, "samples_per_s": samples_per_s}
+        self.history.append(record)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_sums = {}
+        self.save(epoch_copy=bool(self.cfg.save_every) and (self.epoch % self.cfg.save_every == 0
+                                                            or self.epoch == self.cfg.epochs))
+        if self.dist.main:
+            write_loss_csv(self.out.loss_csv, self.history)
+            self.tracker.log_metrics({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")},
+                                     self.global_step)
+            losses = "  ".join(f"{k} {record[k]:.4g}" for k in LOGGED_TERMS if k in record)
+            tqdm.write(f"epoch {self.epoch}/{self.cfg.epochs}  step {self.global_step}  lr {lr:.3g}  {losses}  "
+                       f"{samples_per_s:.1f} samples/s")
+
+    @torch.no_grad()
+    def preview(self, rows: int = 6) -> np.ndarray:
+        """Sample grid on the first ``rows`` test pairs (train pairs if there is no test split)."""
+        phase = "test" if PreparedLayout(self.data_root).pairs("test").is_file() else "train"
+        dataset = PairDataset(self.data_root, phase, self.job.image_size, render_pose=False, pose_config=self.job.pose,
+                              preload=False)
+        picks = np.linspace(0, len(dataset) - 1, min(rows, len(dataset))).round().astype(int)
+        batch = self.to_device(torch.utils.data.default_collate([dataset[int(i)] for i in picks]))
+        g = self.nets.generator
+        was_training = g.training
+        g.eval()
+        with self._autocast():
+            fake, _ = g(batch.target_pose, batch.source, batch.source_parsing)
+        g.train(was_training)
+        return sample_grid(batch, fake, rows=len(picks))
+
+def run_tags(trainer: "Trainer") -> dict[str, str]:
+    """MLflow tags: where it ran, which CX backbone, and anything degraded (random networks, CPU, terms off)."""
+    tags = {"device": str(trainer.device), "world_size": str(trainer.dist.world_size), "amp": trainer.cfg.amp}
+    if trainer.objective.cx_backbone:
+        tags["cx_backbone"] = trainer.objective.cx_backbone
+    if not trainer.nets.generator.vgg_pretrained:
+        tags["degraded.random_vgg"] = "style encoder VGG19 has random weights (model.vgg_weights: none)"
+    random_terms = random_backbones(trainer.objective.terms)
+    if random_terms:
+        tags["degraded.random_loss_networks"] = ",".join(random_terms)
+    if trainer.device.type == "cpu":
+        tags["degraded.cpu"] = "trained on CPU"
+    off = [n for n in TERMS if n not in trainer.objective.active]
+    if off:
+        tags["degraded.losses_off"] = ",".join(off)
+    return tags
+
+
+def finish_outputs(trainer: "Trainer") -> dict:
+    """Final outputs (rank 0): generator export, metrics (numbers only), loss CSV, preview, MLflow artifacts."""
+    state = trainer.state()
+    export = {k: state[k] for k in ("generator", "model_config", "vgg_pretrained", "image_size", "pose_mode",
+                                    "pose_sigma", "fingerprint", "mlflow_run_id")}
+    export.update({"format": "casd-generator", "epochs": trainer.epoch, "steps": trainer.global_step})
+    save_checkpoint(trainer.out.model, export)
+    last = trainer.history[-1] if trainer.history else {}
+    samples = trainer.global_step * trainer.cfg.batch_size
+    summary = {"epochs": trainer.epoch, "steps": trainer.global_step, "samples": samples,
+               "train_seconds": round(trainer.train_seconds, 2),
+               "samples_per_s": round(samples / trainer.train_seconds, 3) if trainer.train_seconds else 0.0,
+               "loss": {k: last[k] for k in LOGGED_TERMS if k in last}}
+    write_json(trainer.out.metrics, summary)
+    write_loss_csv(trainer.out.loss_csv, trainer.history)
+    grid = trainer.preview()
+    save_png(grid, trainer.out.samples)
+    trainer.tracker.log_metrics({f"final/{k}": v for k, v in summary["loss"].items()}, trainer.global_step)
+    trainer.tracker.log_image(grid, "samples/final_test_pairs.png")
+    trainer.tracker.log_artifact(trainer.out.loss_csv, "metrics")
+    trainer.tracker.log_artifact(trainer.out.model, "checkpoints")
+    print(f"train: done, {trainer.epoch} epochs, {trainer.global_step} steps in {trainer.train_seconds:.0f} s; "
+          f"generator -> {trainer.out.model}, samples -> {trainer.out.samples}"
+          + (f", MLflow run {trainer.run_id}" if trainer.run_id else ""), flush=True)
+    return summary
+
+
+def train(job: TrainJob, data_root: str | Path = "data", outputs: Outputs | None = None) -> dict:
+    """Train (or resume and finish) ``job``; returns the summary metrics."""
+    return Trainer(job, data_root, outputs).run()
+
+
+def run_from_params(params_path: str | Path = "params.yaml") -> dict:
+    """The train stage: params.yaml -> :func:`train` with the standard outputs."""
+    return train(TrainJob.from_params(load_params(params_path)))
+
+
+def cli_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="casd train", description="Train the CASD generator (the train stage).")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    run_from_params(args.params)
