@@ -18,6 +18,10 @@ Outputs of ``casd annotate PHOTO... --out DIR``::
 photos in DeepFashion's tree plus the lists and pairs CSVs; ROOT becomes a
 complete ``data.root`` (framed images under the same paths, lists, pairs,
 annotation CSVs, ``semantic_merge3/``).
+
+Models: ``casd weights`` lists the three files (yolox-person, rtmpose-body,
+schp-lip); ``casd weights fetch yolox-person rtmpose-body schp-lip`` gets them
+where there is internet. Nothing is downloaded implicitly.
 """
 
 from __future__ import annotations
@@ -265,7 +269,10 @@ def annotate_deepfashion(src: str | Path, out_root: str | Path, annotator: Annot
 
 
 def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="casd annotate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="casd annotate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Photos -> the person framed at 256x176, 18 OpenPose keypoints and LIP-20 parsing, in the "
+                    "dataset's formats.", epilog="Outputs:" + __doc__.split("Outputs of")[1].split("\n", 1)[1])
     parser.add_argument("photos", nargs="*", help="photo files or folders of photos")
     parser.add_argument("--out", default="reports/annotate", help="output folder (default: reports/annotate)")
     parser.add_argument("--deepfashion", metavar="SRC",
@@ -273,7 +280,7 @@ def cli_main(argv: list[str]) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     args = parser.parse_args(argv)
     if bool(args.photos) == bool(args.deepfashion):
-        raise CasdError("casd annotate: give photos, or --deepfashion SRC (not both)")
+        raise CasdError("casd annotate: give either photos or --deepfashion SRC")
     if args.photos:
         photos = expand_photos(args.photos)  # a typo fails before the models load
     annotator = Annotator.from_weights(args.device)
