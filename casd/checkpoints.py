@@ -22,6 +22,7 @@ import os
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -59,7 +60,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.stat().st_size == 0:
         raise DataError(path, "the checkpoint file is empty")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a non-default pickle protocol: the refusal below says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         globals_ = [g for g in _pickled_globals(path) if not g.startswith(_TENSOR_GLOBALS)]
         if globals_:
@@ -91,7 +94,8 @@ def _pickled_globals(path: Path) -> list[str]:
         names, strings, memo, top = [], [], {}, None
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("GLOBAL", "INST"):
-                names.append(str(arg).replace(" ", "."))
+                module, _, name = str(arg).partition(" ")
+                names.append(f"{'builtins' if module == '__builtin__' else module}.{name}")  # protocol <= 2 spelling
             elif "UNICODE" in op.name or "STRING" in op.name:
                 top = str(arg)
                 strings.append(top)

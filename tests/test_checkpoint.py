@@ -105,7 +105,6 @@ def test_strict_check_lists_every_problem_in_one_error(tiny_upstream):
     assert "\n" not in message
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_non_tensor_pickle_is_refused(tmp_path):
     class Payload:
         def __reduce__(self):
