@@ -172,3 +172,16 @@ def test_deepfashion_source_is_validated_not_generated(tiny_raw, tmp_path):
         validate_source(copy, tmp_path / "m3")
     with pytest.raises(DataError, match="not found"):
         validate_source(tmp_path / "nowhere", tmp_path / "m4")
+
+
+def test_data_root_is_a_dvc_dependency_of_the_stages_that_read_it():
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for stage in ("split", "pose", "segment"):
+        assert "${data.root}" in stages[stage]["deps"] and "data.root" in stages[stage]["params"]
+    for params_file in ("params.yaml", "params-deepfashion.yaml"):
+        data = yaml.safe_load((root / params_file).read_text())["data"]
+        DataConfig(**data)  # a valid section whose root exists for the synthetic source (data/raw, synth's output)
+    assert yaml.safe_load((root / "params.yaml").read_text())["data"]["root"] == "data/raw"
+    assert "repro -f" not in (root / "README.md").read_text()
