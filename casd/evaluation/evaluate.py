@@ -350,35 +350,9 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
     reference = paths.train_images if config.fid_reference == "train" else paths.test_images
     reference_files = _files(reference, config.reference_format)
 
-    # what each optional metric needs
-    test_parsing, train_parsing = paths.parsing / "test", paths.parsing / "train"
-    training_mean = None
-    if "colour" in wanted:
-        needed = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)]
-        train_files = _files(paths.train_images, "any")
-        needed += [train_parsing / f"{flat_stem(f.name)}.png" for f in train_files]
-        missing = [p for p in needed if not p.is_file()]
-        if missing or not train_files:
-            skipped["colour"] = (f"parsing map {missing[0]} not found ({len(missing)} missing)" if missing
-                                 else f"no training images in {paths.train_images}")
-        else:
-            training_mean = training_mean_colours(train_files, train_parsing, reader, config,
-                                                  paths.fid_cache if config.fid_cache else None)
-    truth_parsing_ok = predicted_ok = False
-    if "parsing" in wanted:
-        truth_missing = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)
-                         if not (test_parsing / f"{flat_stem(n)}.png").is_file()]
-        missing = pairs if paths.predicted_parsing is None else \
-            [p for p in pairs if not (paths.predicted_parsing / _predicted_name(p)).is_file()]
-        if truth_missing:
-            skipped["parsing"] = f"parsing map {truth_missing[0]} not found ({len(truth_missing)} missing)"
-        elif paths.predicted_parsing is None:
-            skipped["parsing"] = "no predicted parsing given (--predicted-parsing)"
-        elif missing:
-            skipped["parsing"] = (f"no predicted parsing {paths.predicted_parsing / _predicted_name(missing[0])} "
-                                  f"({len(missing)} of {len(pairs)} missing)")
-        truth_parsing_ok, predicted_ok = not truth_missing, not truth_missing and not missing
-
+    test_parsing = paths.parsing / "test"
+    training_mean = _training_mean_or_skip(pairs, paths, config, reader, skipped) if "colour" in wanted else None
+    truth_parsing_ok, predicted_ok = _parsing_inputs(pairs, paths, skipped) if "parsing" in wanted else (False, False)
     kinds = ["model", "baseline"] if config.baseline else ["model"]
     fid_stats = {kind: metrics.GaussianStats(metrics.FID_DIMS) for kind in kinds} \
         if nets.inception is not None and "fid" not in skipped else {}
@@ -396,17 +370,7 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
         outputs = {"model": generated, "baseline": source} if config.baseline else {"model": generated}
         for kind, images in outputs.items():
             prefix = "" if kind == "model" else "baseline_"
-            scores = {}
-            if "ssim" in wanted:
-                scores["ssim"] = metrics.ssim(images, truth, None if config.ssim_data_range == "generated"
-                                              else metrics.DATA_RANGE).numpy()
-            if "ssim_fixed_range" in wanted:
-                scores["ssim_fixed_range"] = metrics.ssim(images, truth, data_range=metrics.DATA_RANGE).numpy()
-            if "psnr" in wanted:
-                scores["psnr"] = metrics.psnr(images, truth, device).numpy()
-            if nets.lpips is not None and "lpips" in wanted:
-                scores["lpips"] = metrics.lpips_distance(nets.lpips, images, truth).double().numpy()
-            for name, values in scores.items():
+            for name, values in _image_scores(images, truth, config, nets, device).items():
                 columns.setdefault(prefix + name, []).append(values)
             if kind in fid_stats:
                 fid_stats[kind].update(metrics.inception_features(nets.inception, images))
@@ -466,6 +430,58 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
         target["parsing_pixel_accuracy"], target["parsing_miou"] = result["pixel_accuracy"], result["miou"]
     protocol = describe_protocol(config, reader.size, reference, len(reference_files))
     return Evaluation(pairs, numbers, per_pair, protocol, skipped, reader)
+
+
+def _image_scores(images: np.ndarray, truth: np.ndarray, config: EvaluateConfig, nets: Networks,
+                  device: torch.device) -> dict[str, np.ndarray]:
+    """SSIM (both), PSNR and LPIPS of uint8 ``[B, H, W, 3]`` pictures against the truth -> float64 ``[B]`` each."""
+    wanted, scores = set(config.metrics), {}
+    if "ssim" in wanted:
+        fixed = None if config.ssim_data_range == "generated" else metrics.DATA_RANGE
+        scores["ssim"] = metrics.ssim(images, truth, fixed).numpy()
+    if "ssim_fixed_range" in wanted:
+        scores["ssim_fixed_range"] = metrics.ssim(images, truth, data_range=metrics.DATA_RANGE).numpy()
+    if "psnr" in wanted:
+        scores["psnr"] = metrics.psnr(images, truth, device).numpy()
+    if nets.lpips is not None and "lpips" in wanted:
+        scores["lpips"] = metrics.lpips_distance(nets.lpips, images, truth).double().numpy()
+    return scores
+
+
+def _training_mean_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, reader: _Reader,
+                           skipped: dict[str, str]) -> np.ndarray | None:
+    """The training mean colours ``[R, 3]`` the colour metric needs, or None with the reason in ``skipped``."""
+    test_parsing, train_parsing = paths.parsing / "test", paths.parsing / "train"
+    needed = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)]
+    train_files = _files(paths.train_images, "any")
+    needed += [train_parsing / f"{flat_stem(f.name)}.png" for f in train_files]
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        skipped["colour"] = f"parsing map {missing[0]} not found ({len(missing)} missing)"
+        return None
+    if not train_files:
+        skipped["colour"] = f"no training images in {paths.train_images}"
+        return None
+    return training_mean_colours(train_files, train_parsing, reader, config,
+                                 paths.fid_cache if config.fid_cache else None)
+
+
+def _parsing_inputs(pairs: Sequence[Pair], paths: EvaluatePaths, skipped: dict[str, str]) -> tuple[bool, bool]:
+    """(ground-truth parsing present, predicted parsing present); a reason in ``skipped`` where not."""
+    test_parsing = paths.parsing / "test"
+    truth_missing = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)
+                     if not (test_parsing / f"{flat_stem(n)}.png").is_file()]
+    if truth_missing:
+        skipped["parsing"] = f"parsing map {truth_missing[0]} not found ({len(truth_missing)} missing)"
+        return False, False
+    if paths.predicted_parsing is None:
+        skipped["parsing"] = "no predicted parsing given (--predicted-parsing)"
+        return True, False
+    missing = [p for p in pairs if not (paths.predicted_parsing / _predicted_name(p)).is_file()]
+    if missing:
+        skipped["parsing"] = (f"no predicted parsing {paths.predicted_parsing / _predicted_name(missing[0])} "
+                              f"({len(missing)} of {len(pairs)} missing)")
+    return True, not missing
 
 
 def _colour_ids() -> list[int]:
