@@ -1,4 +1,5 @@
-"""The field's image metrics, batched: SSIM, PSNR, LPIPS (lpips package) and FID (pytorch-fid).
+"""The field's image metrics, batched: SSIM, PSNR, LPIPS (lpips package), FID (pytorch-fid); region
+colours and parsing-map scores.
 
 Images cross this module as uint8 ``[B, H, W, 3]`` arrays (numpy or torch), as stored on disk.
 Each metric is checked in tests/test_metrics.py against the package that defines it.
@@ -18,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from casd.data.layout import read_image
 from casd.errors import DataError, WeightsError
 from casd.fileio import atomic_path
