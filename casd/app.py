@@ -1,0 +1,674 @@
+"""``casd app``: pose transfer, try-on, head swap and style mixing in the browser (Gradio, the ``[app]`` extra).
+
+:class:`Studio` is the model side: a :class:`Synthesizer`, the style tokens of
+every person chosen so far (encoded once, so an interaction only reruns the
+decoder), and one decode per interaction that gives the picture and the
+predicted target parsing. :func:`build_ui` lays the page out on it; the pose
+editor is a canvas whose value :func:`editor_to_keypoints` and
+:func:`keypoints_to_editor` convert to and from the prepared image frame.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import html
+import json
+import math
+import os
+import re
+import shlex
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from casd import control, visuals
+from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, REGION_NAMES, flat_stem
+from casd.data.pose import FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS
+from casd.errors import CasdError, DataError
+from casd.fileio import atomic_path
+from casd.inference import DATA_ROOT, Person, Synthesizer
+
+DEFAULT_CHECKPOINT = Path("models/generator.pt")
+EDITOR_SIDE = 384  # pose editor canvas height in CSS pixels (an integer multiple of the image height)
+UPLOAD_PREFIX = "upload:"
+
+_CATEGORY_RE = re.compile(r"^fashion(MEN|WOMEN)(.+?)id\d")
+
+
+# --------------------------------------------------------------------------- pose editor <-> prepared frame
+
+def editor_scale(image_size: Sequence[int]) -> int:
+    """Canvas pixels per image pixel: the editor is about EDITOR_SIDE high, an integer multiple of H."""
+    return max(1, round(EDITOR_SIDE / int(image_size[0])))
+
+
+def keypoints_to_editor(keypoints: np.ndarray | torch.Tensor, image_size: Sequence[int]) -> dict[str, Any]:
+    """Keypoints [18, 2] (y, x; -1 missing) -> the editor's value.
+
+    The value is ``{"width", "height", "points": [[x, y]] * 18, "hidden": [bool] * 18}``
+    in canvas pixels, each joint at the centre of its image pixel. A missing
+    joint is hidden; it is parked at the canvas centre so that showing it again
+    puts it somewhere it can be dragged from.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    scale = editor_scale(image_size)
+    kp = np.asarray(keypoints.cpu() if isinstance(keypoints, torch.Tensor) else keypoints, dtype=np.int64)
+    if kp.shape != (NUM_KEYPOINTS, 2):
+        raise CasdError(f"keypoints must be [{NUM_KEYPOINTS}, 2] (y, x), got {kp.shape}")
+    hidden = (kp < 0).any(axis=1)
+    points = [[w * scale / 2, h * scale / 2] if hide else [(x + 0.5) * scale, (y + 0.5) * scale]
+              for (y, x), hide in zip(kp.tolist(), hidden.tolist())]
+    return {"width": w * scale, "height": h * scale, "points": points, "hidden": hidden.tolist()}
+
+
+def editor_to_keypoints(value: Mapping[str, Any] | str, image_size: Sequence[int]) -> np.ndarray:
+    """The editor's value (canvas pixels, any canvas size) -> int64 [18, 2] (y, x) in the prepared frame.
+
+    A canvas point maps to the image pixel it falls in (clamped to the image);
+    hidden joints become -1 (missing), as in the prepared keypoints.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise CasdError(f"pose editor: value is not JSON ({e})") from None
+    try:
+        width, height = float(value["width"]), float(value["height"])
+        points = np.asarray(value["points"], dtype=np.float64)
+        hidden = np.asarray(value.get("hidden", [False] * NUM_KEYPOINTS), dtype=bool)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CasdError(f"pose editor: malformed value ({e!r})") from None
+    if points.shape != (NUM_KEYPOINTS, 2) or hidden.shape != (NUM_KEYPOINTS,) or width <= 0 or height <= 0:
+        raise CasdError(f"pose editor: expected {NUM_KEYPOINTS} [x, y] points on a positive canvas, "
+                        f"got points {points.shape} on {width}x{height}")
+    h, w = int(image_size[0]), int(image_size[1])
+    y = np.clip(np.floor(points[:, 1] * h / height), 0, h - 1)
+    x = np.clip(np.floor(points[:, 0] * w / width), 0, w - 1)
+    keypoints = np.stack([y, x], axis=1).astype(np.int64)
+    keypoints[hidden | ~np.isfinite(points).all(axis=1)] = -1
+    return keypoints
+
+
+def mirror_keypoints(keypoints: np.ndarray, width: int) -> np.ndarray:
+    """Keypoints [18, 2] (y, x) flipped left-right in an image ``width`` wide (left and right joints swap)."""
+    kp = np.asarray(keypoints, dtype=np.int64)[list(FLIP_PERMUTATION)].copy()
+    present = (kp >= 0).all(axis=1)
+    kp[present, 1] = width - 1 - kp[present, 1]
+    return kp
+
+
+# --------------------------------------------------------------------------- model side
+
+def category(name: str) -> str:
+    """``fashionWOMENDressesid...jpg`` -> ``WOMEN Dresses`` ('' for other names)."""
+    match = _CATEGORY_RE.match(name)
+    return f"{match.group(1)} {match.group(2)}" if match else ""
+
+
+@dataclasses.dataclass
+class Choice:
+    """What the page asks for. People are prepared image names or :meth:`Studio.add_upload` keys."""
+
+    source: str
+    keypoints: np.ndarray                                    # int64 [18, 2] (y, x), -1 missing
+    donors: dict[str, str] = dataclasses.field(default_factory=dict)   # region -> person
+    mix: str | None = None
+    alpha: float = 0.5
+    mix_regions: list[str] | None = None                     # None: all regions
+
+
+@dataclasses.dataclass
+class Rendered:
+    image: np.ndarray      # uint8 [H, W, 3], the result
+    parsing: np.ndarray    # uint8 [H, W], predicted target region ids
+    seconds: float         # model time of this interaction (encode of new people + decode)
+
+
+@dataclasses.dataclass
+class Response:
+    """What the page shows after one interaction."""
+
+    number: int                  # interactions answered so far
+    rendered: Rendered
+    panels: dict[str, Any]       # uint8 pictures (see Studio.panels)
+    files: list[Path]            # result.png, strip.png, pose.json
+    command: str                 # the equivalent casd generate call
+
+
+class Studio:
+    """A Synthesizer with a cache of people and their style tokens; thread-safe (one lock)."""
+
+    def __init__(self, synth: Synthesizer, *, checkpoint: str | Path | None = None, cache_size: int = 64):
+        self.synth = synth
+        self.checkpoint = checkpoint
+        self.image_size = tuple(int(s) for s in synth.image_size)
+        self.cache_size = cache_size
+        self._people: OrderedDict[str, Person] = OrderedDict()
+        self._tokens: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._uploads: dict[str, tuple[Person, str, str]] = {}   # key -> (person, image file name, parsing name)
+        self._lock = threading.Lock()
+        self._answered = 0
+        # prepared people: name -> image file (those with a parsing map), and the names with keypoints
+        self.images = {n: path for n, path, phase in (self._find(n) for n in sorted(synth.data.image_names()))
+                       if path is not None and synth.data.parsing_path(n, phase).is_file()}
+        self.names = list(self.images)
+        self.pose_names = sorted(synth.data.keypoints())
+
+    def _find(self, name: str) -> tuple[str, Path | None, str | None]:
+        found = self.synth.data.find_image(name)
+        return (name, None, None) if found is None else (name, *found)
+
+    # ---- people
+
+    def person(self, key: str) -> Person:
+        if key in self._uploads:
+            return self._uploads[key][0]
+        if key not in self._people:
+            self._people[key] = self.synth.person(key)
+            while len(self._people) > self.cache_size:
+                self._people.popitem(last=False)
+        return self._people[key]
+
+    def tokens(self, key: str) -> torch.Tensor:
+        """Style tokens [1, 8, C] of a person, encoded on first use only."""
+        if key in self._tokens:
+            self._tokens.move_to_end(key)
+        else:
+            self._tokens[key] = self.synth.encode([self.person(key)])
+            while len(self._tokens) > self.cache_size:
+                self._tokens.popitem(last=False)
+        return self._tokens[key]
+
+    def forget(self) -> None:
+        """Drop the cached prepared people and tokens (uploads stay)."""
+        with self._lock:
+            self._people.clear()
+            self._tokens.clear()
+
+    def add_upload(self, image_path: str | Path, parsing_path: str | Path) -> str:
+        """An uploaded image and its parsing PNG (merged ids 0..7, same size as the image) -> person key.
+
+        Both are resized to the prepared size as ``casd generate`` does; a file
+        that is not an image, a parsing of another size or with other labels is
+        a :class:`DataError` naming the uploaded file.
+        """
+        image_path, parsing_path = Path(image_path), Path(parsing_path)
+        sizes = []
+        for path, what in ((image_path, "image"), (parsing_path, "parsing PNG")):
+            try:
+                with Image.open(path) as img:
+                    sizes.append(img.size)
+            except (OSError, ValueError):
+                raise DataError(path.name, f"not an image file (expected the person's {what})") from None
+        if sizes[0] != sizes[1]:
+            raise DataError(parsing_path.name, f"parsing is {sizes[1][0]}x{sizes[1][1]} pixels but the image "
+                                               f"{image_path.name} is {sizes[0][0]}x{sizes[0][1]}: they must match")
+        try:
+            person = self.synth.person(str(image_path), parsing=parsing_path)
+        except DataError as e:  # name the file as the user called it, not the server's temporary copy
+            raise DataError(Path(e.path).name, e.problem) from None
+        digest = hashlib.sha1(image_path.read_bytes() + parsing_path.read_bytes()).hexdigest()[:10]
+        key = f"{UPLOAD_PREFIX}{image_path.stem}-{digest}"
+        with self._lock:
+            self._uploads[key] = (person, image_path.name, parsing_path.name)
+        return key
+
+    def uploaded_keys(self) -> list[str]:
+        return list(self._uploads)
+
+    def upload_files(self, key: str) -> tuple[str, str] | None:
+        """(image file name, parsing file name) of an uploaded person, None for a prepared one."""
+        entry = self._uploads.get(key)
+        return None if entry is None else entry[1:]
+
+    def keypoints(self, name: str) -> np.ndarray:
+        return self.synth.keypoints(name).numpy().astype(np.int64)
+
+    # ---- one interaction
+
+    @torch.no_grad()
+    def render(self, choice: Choice) -> Rendered:
+        """The chosen people's (cached) tokens, edited, decoded in the chosen pose: one decoder call."""
+        for region in choice.donors:
+            control.region_indices(region)
+        with self._lock:
+            start = time.perf_counter()
+            tokens = self.tokens(choice.source)
+            if choice.donors:
+                tokens = control.swap_tokens(tokens, {r: self.tokens(d) for r, d in choice.donors.items()})
+            if choice.mix:
+                tokens = control.mix_tokens(tokens, self.tokens(choice.mix), choice.alpha, choice.mix_regions)
+            images, parsing = self.synth.render([torch.as_tensor(choice.keypoints)], tokens)
+            picture = visuals.to_uint8(images[0])
+            seconds = time.perf_counter() - start
+        return Rendered(picture, parsing[0].cpu().numpy(), seconds)
+
+    # ---- what the page shows and offers for download
+
+    def respond(self, choice: Choice, target_name: str | None, out_dir: str | Path,
+                params: str | None = None) -> Response:
+        """One interaction: render, then the panels, the files to download and the command line.
+
+        ``target_name``: the image the pose was taken from; the command names it
+        while the pose is unedited, else the written ``pose.json``.
+        """
+        rendered = self.render(choice)
+        with self._lock:
+            self._answered += 1
+            number = self._answered
+        folder = Path(out_dir) / f"{number:05d}"
+        edited = not target_name or not np.array_equal(self.keypoints(target_name), choice.keypoints)
+        panels = self.panels(choice, rendered)
+        files = [visuals.save_png(rendered.image, folder / "result.png"),
+                 visuals.save_png(self.strip(choice, panels), folder / "strip.png"),
+                 write_pose_json(folder / "pose.json", choice.keypoints)]
+        return Response(number, rendered, panels, files,
+                        self.command_line(choice, "pose.json" if edited else target_name, params))
+
+    def panels(self, choice: Choice, rendered: Rendered) -> dict[str, Any]:
+        """uint8 pictures: source, target pose, donors (captioned strip or None), result, predicted parsing."""
+        donors = [(f"{region} from", self.person(d)) for region, d in choice.donors.items()]
+        if choice.mix:
+            donors.append((f"mix {choice.alpha:g}", self.person(choice.mix)))
+        # donors side by side, in the order of the command line (captions would not fit small images)
+        donor_strip = visuals.make_strip([visuals.to_uint8(p.image) for _, p in donors], gap=2) if donors else None
+        return {"source": visuals.to_uint8(self.person(choice.source).image),
+                "pose": visuals.draw_skeleton(choice.keypoints, self.image_size),
+                "donors": donor_strip, "result": rendered.image,
+                "parsing": visuals.parsing_colours(rendered.parsing)}
+
+    def strip(self, choice: Choice, panels: Mapping[str, Any]) -> np.ndarray:
+        """source | target pose | donors | result | predicted parsing (from :meth:`panels`), enlarged, captioned."""
+        pictures = [panels["source"], panels["pose"]]
+        labels = ["source", "target pose"]
+        for region, donor in choice.donors.items():
+            pictures.append(visuals.to_uint8(self.person(donor).image))
+            labels.append(f"{region} from")
+        if choice.mix:
+            pictures.append(visuals.to_uint8(self.person(choice.mix).image))
+            labels.append(f"mix {choice.alpha:g}")
+        pictures += [panels["result"], panels["parsing"]]
+        labels += ["result", "parsing"]
+        scale = max(1, math.ceil(192 / self.image_size[0]))
+        return visuals.make_strip(pictures, gap=2, scale=scale, labels=labels)
+
+    def command_line(self, choice: Choice, pose: str, params: str | None = None) -> str:
+        """The ``casd generate`` call that renders the same picture (``pose``: a name or a JSON file)."""
+        words = ["casd", "generate", "--checkpoint", str(self.checkpoint or DEFAULT_CHECKPOINT)]
+        if params:
+            words += ["--params", str(params)]
+        uploads = []
+
+        def arg(key: str) -> str:
+            files = self.upload_files(key)
+            if files is None:
+                return key
+            uploads.append(files)
+            return files[0]
+
+        words += ["--source", arg(choice.source), "--pose", pose]
+        for region, donor in choice.donors.items():
+            words += ["--swap", f"{region}={arg(donor)}"]
+        if choice.mix:
+            words += ["--mix", arg(choice.mix), "--alpha", f"{choice.alpha:g}"]
+            if choice.mix_regions:
+                words += ["--regions", ",".join(choice.mix_regions)]
+        for image, parsing in dict.fromkeys(uploads):
+            words += ["--parsing", f"{image}={parsing}"]
+        return shlex.join(words)
+
+
+# --------------------------------------------------------------------------- the page
+
+_EDITOR_TEMPLATE = """
+<div class="pose-editor">
+  <canvas width="${value ? value.width : 0}" height="${value ? value.height : 0}"></canvas>
+  <div class="hint">drag a joint &middot; double-click a joint to hide it (missing)</div>
+</div>
+"""
+
+_EDITOR_CSS = """
+.pose-editor canvas { touch-action: none; cursor: crosshair; background: #111; max-width: 100%; }
+.pose-editor .hint { font-size: 12px; opacity: 0.7; }
+"""
+
+# ``element``, ``props``, ``watch`` are given by gr.HTML; the value is committed (and sent) on release.
+_EDITOR_JS = """
+const LIMBS = __LIMBS__;
+const COLOURS = __COLOURS__;
+const RADIUS = 7;
+let dragging = -1;
+let pending = null;
+const canvas = () => element.querySelector('canvas');
+const current = () => pending || props.value;
+function draw() {
+  const c = canvas(); const v = current();
+  if (!c || !v || !v.points) return;
+  if (c.width !== v.width) { c.width = v.width; c.height = v.height; }
+  const ctx = c.getContext('2d');
+  ctx.fillStyle = '#111'; ctx.fillRect(0, 0, c.width, c.height);
+  ctx.lineWidth = 4;
+  LIMBS.forEach(([a, b], i) => {
+    if (v.hidden[a] || v.hidden[b]) return;
+    ctx.strokeStyle = COLOURS[i]; ctx.beginPath();
+    ctx.moveTo(v.points[a][0], v.points[a][1]); ctx.lineTo(v.points[b][0], v.points[b][1]); ctx.stroke();
+  });
+  v.points.forEach(([x, y], j) => {
+    if (v.hidden[j]) return;
+    ctx.beginPath(); ctx.arc(x, y, j === dragging ? RADIUS + 2 : RADIUS, 0, 2 * Math.PI);
+    ctx.fillStyle = '#fff'; ctx.fill(); ctx.strokeStyle = '#000'; ctx.lineWidth = 1.5; ctx.stroke(); ctx.lineWidth = 4;
+  });
+}
+function position(ev) {
+  const c = canvas(); const r = c.getBoundingClientRect();
+  return [(ev.clientX - r.left) * c.width / r.width, (ev.clientY - r.top) * c.height / r.height];
+}
+function pick(ev) {
+  const v = current(); if (!v || !v.points) return -1;
+  const [x, y] = position(ev); let best = -1; let bestDistance = 2.5 * RADIUS;
+  v.points.forEach(([px, py], j) => {
+    const d = Math.hypot(px - x, py - y);
+    if (!v.hidden[j] && d < bestDistance) { best = j; bestDistance = d; }
+  });
+  return best;
+}
+function copy(v) {
+  return {width: v.width, height: v.height, points: v.points.map(p => p.slice()), hidden: v.hidden.slice()};
+}
+element.addEventListener('pointerdown', ev => {
+  if (ev.target.tagName !== 'CANVAS') return;
+  dragging = pick(ev);
+  if (dragging < 0) return;
+  ev.target.setPointerCapture(ev.pointerId); ev.preventDefault();
+  pending = copy(props.value); draw();
+});
+element.addEventListener('pointermove', ev => {
+  if (dragging < 0) return;
+  const c = canvas(); const [x, y] = position(ev);
+  pending.points[dragging] = [Math.min(Math.max(x, 0), c.width - 0.01), Math.min(Math.max(y, 0), c.height - 0.01)];
+  draw();
+});
+function release() {
+  if (dragging < 0) return;
+  const committed = pending; dragging = -1; pending = null;
+  props.value = committed; draw();
+}
+element.addEventListener('pointerup', release);
+element.addEventListener('pointercancel', release);
+element.addEventListener('dblclick', ev => {
+  const j = pick(ev); if (j < 0) return;
+  const v = copy(props.value); v.hidden[j] = true; props.value = v; draw();
+});
+watch('value', draw);
+draw();
+"""
+
+_PAGE_CSS = """
+.pixelated img { image-rendering: pixelated; image-rendering: crisp-edges; }
+.pixelated img, .pixelated .image-frame img { object-fit: contain; }
+#status.error { color: #b00020; font-weight: 600; }
+#status .error { color: #b00020; font-weight: 600; }
+"""
+
+
+def _editor_js() -> str:
+    colours = [f"rgb({r},{g},{b})" for r, g, b in visuals.LIMB_COLOURS.tolist()]
+    return _EDITOR_JS.replace("__LIMBS__", json.dumps([list(limb) for limb in LIMBS])) \
+                     .replace("__COLOURS__", json.dumps(colours))
+
+
+def _status(message: str, error: bool = False) -> str:
+    css = "error" if error else "ok"
+    return f'<div class="{css}" data-state="{css}">{html.escape(message)}</div>'
+
+
+def build_ui(studio: Studio, *, params: str | None = None):
+    """The page (a ``gr.Blocks``) over ``studio``. Needs the ``[app]`` extra (gradio)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise CasdError("casd app needs gradio: pip install -e '.[app]'") from None
+
+    h, w = studio.image_size
+    out_dir = Path(tempfile.mkdtemp(prefix="casd-app-"))
+    donor_choices = [("(the source's own)", "")] + [(n, n) for n in studio.names]
+
+    def gallery_items(query: str) -> tuple[list[tuple[str, str]], list[str]]:
+        terms = query.lower().split()
+        names = [n for n in studio.names if all(t in f"{n} {category(n)}".lower() for t in terms)]
+        items = []
+        for n in names:
+            items.append((str(studio.images[n]), f"{flat_stem(n)}  {category(n)}".strip()))
+        return items, names
+
+    first_items, first_names = gallery_items("")
+    roles = ["source", "target pose", "mix partner"] + [f"donor: {r}" for r in REGION_NAMES]
+
+    with gr.Blocks(title="casd app", analytics_enabled=False) as page:
+        gr.Markdown(f"### CASD: pose transfer, try-on, head swap, style mixing  \n"
+                    f"checkpoint `{studio.checkpoint}` · image size {h}x{w} · {len(studio.names)} prepared people")
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Row():
+                    search = gr.Textbox(label="Search by name or category", placeholder="e.g. WOMEN Dresses",
+                                        elem_id="search", scale=2)
+                    role = gr.Dropdown(roles, value="source", label="A click on a picture sets", elem_id="role",
+                                       scale=1)
+                gallery = gr.Gallery(value=first_items, columns=10, height=260, allow_preview=False, fit_columns=False,
+                                     object_fit="contain", label="Prepared people", elem_id="gallery",
+                                     elem_classes=["pixelated"])
+                shown_names = gr.State(first_names)
+            with gr.Column(scale=2):
+                source = gr.Dropdown(studio.names, value=None, label="Source person", elem_id="source",
+                                     allow_custom_value=True, filterable=True)
+                target = gr.Dropdown(studio.pose_names, value=None, label="Target pose from", elem_id="target",
+                                     filterable=True)
+                with gr.Accordion("Upload a person (image + parsing PNG)", open=False,
+                                  elem_id="upload"):
+                    upload_image = gr.File(label="Image", elem_id="upload-image")
+                    upload_parsing = gr.File(label="Parsing PNG: merged region ids 0..7, same size",
+                                             elem_id="upload-parsing")
+                    use_upload = gr.Button("Use the upload as source", elem_id="use-upload")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=300):
+                editor = gr.HTML(value=None, html_template=_EDITOR_TEMPLATE, css_template=_EDITOR_CSS,
+                                 js_on_load=_editor_js(), label="Target pose", elem_id="pose-editor")
+                with gr.Row():
+                    reset = gr.Button("Reset pose", elem_id="reset", size="sm")
+                    mirror = gr.Button("Mirror", elem_id="mirror", size="sm")
+                hidden = gr.CheckboxGroup(list(KEYPOINT_NAMES), label="Missing joints (check to hide)",
+                                          elem_id="hidden")
+            with gr.Column(scale=3):
+                with gr.Accordion("Donors per region (try-on: upper_clothes, pants; head swap: hair + face)",
+                                  open=True):
+                    with gr.Row():
+                        donor_boxes = [gr.Dropdown(donor_choices, value="", label=region, filterable=True,
+                                                   elem_id=f"donor-{region}", min_width=140)
+                                       for region in REGION_NAMES]
+                with gr.Row():
+                    mix = gr.Dropdown(donor_choices, value="", label="Mix with", elem_id="mix", filterable=True)
+                    alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mix amount (0 = source)",
+                                      elem_id="alpha")
+                    mix_regions = gr.CheckboxGroup(list(REGION_NAMES), label="Mix only these regions (none: all)",
+                                                   elem_id="mix-regions")
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                status = gr.HTML(_status("choose a source person and a target pose"), elem_id="status")
+        with gr.Row(equal_height=True):
+            picture = dict(type="numpy", format="png", interactive=False, elem_classes=["pixelated"],
+                           height=max(256, 4 * h), buttons=["download"])
+            show_source = gr.Image(label="source", elem_id="show-source", **picture)
+            show_pose = gr.Image(label="target pose", elem_id="show-pose", **picture)
+            show_donors = gr.Image(label="donors", elem_id="show-donors", **picture)
+            show_result = gr.Image(label="result", elem_id="result", **picture)
+            show_parsing = gr.Image(label="predicted target parsing", elem_id="show-parsing", **picture)
+        with gr.Row():
+            downloads = gr.File(label="Download: result, strip, pose JSON", file_count="multiple",
+                                elem_id="downloads", interactive=False)
+            command = gr.Textbox(label="The same with casd generate", elem_id="command", lines=2,
+                                 buttons=["copy"], interactive=False)
+
+        # ---- handlers (each returns updates; a CasdError becomes a message in the page)
+
+        def choice_from(source_key, editor_value, *rest) -> Choice | None:
+            donors_values, (mix_key, alpha_value, regions_value) = rest[:NUM_REGIONS], rest[NUM_REGIONS:]
+            if not source_key or not editor_value:
+                return None
+            donors = {region: d for region, d in zip(REGION_NAMES, donors_values) if d}
+            return Choice(source=source_key, keypoints=editor_to_keypoints(editor_value, studio.image_size),
+                          donors=donors, mix=mix_key or None, alpha=float(alpha_value),
+                          mix_regions=list(regions_value) or None)
+
+        def on_render(source_key, target_name, editor_value, *rest):
+            nothing = (gr.skip(),) * 7
+            try:
+                choice = choice_from(source_key, editor_value, *rest)
+                if choice is None:
+                    return (*nothing, _status("choose a source person and a target pose"))
+                shown = studio.respond(choice, target_name, out_dir, params)
+                panels = shown.panels
+                message = f"rendered #{shown.number} in {shown.rendered.seconds * 1000:.0f} ms (model)"
+                return (panels["source"], panels["pose"], panels["donors"], panels["result"], panels["parsing"],
+                        [str(f) for f in shown.files], shown.command, _status(message))
+            except CasdError as e:
+                return (*nothing, _status(f"error: {e}", error=True))
+
+        render_inputs = [source, target, editor, *donor_boxes, mix, alpha, mix_regions]
+        render_outputs = [show_source, show_pose, show_donors, show_result, show_parsing, downloads, command,
+                          status]
+
+        def on_search(query):
+            items, names = gallery_items(query or "")
+            return gr.update(value=items), names
+
+        def on_pick(role_value, names, evt: gr.SelectData):
+            name = names[evt.index] if evt.index is not None and evt.index < len(names) else None
+            updates = [gr.skip()] * (3 + NUM_REGIONS)
+            if name is None:
+                return updates
+            if role_value == "source":
+                updates[0] = name
+            elif role_value == "target pose":
+                updates[1] = name if name in studio.pose_names else gr.skip()
+            elif role_value == "mix partner":
+                updates[2] = name
+            else:
+                updates[3 + REGION_NAMES.index(role_value.split(": ", 1)[1])] = name
+            return updates
+
+        def on_target(target_name):
+            if not target_name:
+                return gr.skip(), gr.skip()
+            kp = studio.keypoints(target_name)
+            return keypoints_to_editor(kp, studio.image_size), hidden_names(kp)
+
+        def on_mirror(editor_value):
+            if not editor_value:
+                return gr.skip(), gr.skip()
+            kp = mirror_keypoints(editor_to_keypoints(editor_value, studio.image_size), w)
+            return keypoints_to_editor(kp, studio.image_size), hidden_names(kp)
+
+        def on_hidden(editor_value, names):
+            if not editor_value:
+                return gr.skip()
+            value = dict(editor_value)
+            value["hidden"] = [name in names for name in KEYPOINT_NAMES]
+            return value
+
+        def on_editor(editor_value):
+            if not editor_value:
+                return gr.skip()
+            return [n for n, hide in zip(KEYPOINT_NAMES, editor_value.get("hidden", [])) if hide]
+
+        def on_upload(image_file, parsing_file, current_choices):
+            try:
+                if image_file is None or parsing_file is None:
+                    raise CasdError("upload both the image and its parsing PNG first")
+                key = studio.add_upload(image_file, parsing_file)
+            except CasdError as e:
+                return gr.skip(), _status(f"error: {e}", error=True)
+            return gr.update(choices=[*studio.names, *studio.uploaded_keys()], value=key), \
+                _status(f"uploaded {key}")
+
+        search.change(on_search, search, [gallery, shown_names], trigger_mode="always_last")
+        gallery.select(on_pick, [role, shown_names], [source, target, mix, *donor_boxes])
+        target.change(on_target, target, [editor, hidden])
+        reset.click(on_target, target, [editor, hidden])
+        mirror.click(on_mirror, editor, [editor, hidden])
+        hidden.input(on_hidden, [editor, hidden], editor)
+        editor.change(on_editor, editor, hidden).then(on_render, render_inputs, render_outputs)
+        generate.click(on_render, render_inputs, render_outputs)
+        for box in (source, *donor_boxes, mix, mix_regions):
+            box.change(on_render, render_inputs, render_outputs)
+        alpha.release(on_render, render_inputs, render_outputs)
+        use_upload.click(on_upload, [upload_image, upload_parsing, source], [source, status])
+    page.casd_out_dir = out_dir
+    return page
+
+
+def hidden_names(keypoints: np.ndarray) -> list[str]:
+    return [n for n, kp in zip(KEYPOINT_NAMES, np.asarray(keypoints)) if (kp < 0).any()]
+
+
+def write_pose_json(path: Path, keypoints: np.ndarray) -> Path:
+    """Keypoints [18, 2] -> the JSON ``casd generate --pose`` reads (18 [y, x], -1 missing), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(np.asarray(keypoints).tolist()), encoding="utf-8")
+    return path
+
+
+def page_theme():
+    """Gradio's default look with system fonts: nothing is fetched from a font service."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
+
+
+def launch(studio: Studio, host: str = "127.0.0.1", port: int | None = None, *, params: str | None = None,
+           block: bool = True):
+    """Build and serve the page; returns the ``gr.Blocks`` (serving in the background when ``block`` is False)."""
+    page = build_ui(studio, params=params)
+    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
+                inbrowser=False, quiet=not block, show_error=True, theme=page_theme(), css=_PAGE_CSS,
+                allowed_paths=sorted({str(p.parent.resolve()) for p in studio.images.values()}), ssr_mode=False,
+                footer_links=[], run_history=False)
+    return page
+
+
+def cli_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="casd app",
+        description="Pose transfer, try-on, head swap and style mixing in the browser (needs the [app] extra).")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                        help="generator checkpoint (default: %(default)s)")
+    parser.add_argument("--params", help="params file the checkpoint was trained with (default: params.yaml, "
+                                         "used only for what the checkpoint does not record)")
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="prepared data (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+    from casd.config import load_params
+
+    if not Path(args.checkpoint).is_file():
+        raise DataError(args.checkpoint, "checkpoint not found (train one: dvc repro train, or pass --checkpoint)")
+    params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    params = load_params(params_file) if params_file else None
+    synth = Synthesizer.from_checkpoint(args.checkpoint, params=params, data_root=args.data_root,
+                                        device=args.device, check=bool(args.params))
+    studio = Studio(synth, checkpoint=args.checkpoint)
+    if not studio.names:
+        raise DataError(args.data_root, "no prepared images with parsing (run dvc repro segment first)")
+    print(f"casd app: http://{args.host}:{args.port}  (Ctrl+C stops it)", flush=True)
+    launch(studio, args.host, args.port, params=args.params, block=True)
