@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("casd.evaluation.evaluate", "cli_main",
                  "score generated pictures: the evaluate stage, or any folder (--generated DIR)"),
     "generate": ("casd.inference", "generate_cli", "pose transfer, try-on, head swap, style interpolation"),
+    "app": ("casd.app", "cli_main", "the same in the browser: galleries, a pose editor, donors (the [app] extra)"),
     "import-checkpoint": ("casd.checkpoints", "import_cli", "convert upstream generator (+ discriminator) weights"),
     "weights": ("casd.weights", "cli_main", "list (or fetch) the pretrained files the project uses"),
     "annotate": ("casd.annotate", "cli_main", "photos -> keypoints + LIP parsing in the dataset's formats"),
