@@ -296,6 +296,14 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
                                                                      {"upper_clothes": DONOR})))
     assert "--pose pose.json" in browser.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
 
+    # Mirror the edited pose.
+    before = rendered_count()
+    browser.find_element(By.ID, "mirror").click()
+    wait.until(lambda d: rendered_count() > before)
+    mirrored = torch.from_numpy(app.mirror_keypoints(dragged, synth.image_size[1]))
+    shown = _fetch_png(browser.find_element(By.CSS_SELECTOR, "#result img").get_attribute("src"))
+    np.testing.assert_array_equal(shown, visuals.to_uint8(synth.swap(SOURCE, mirrored, {"upper_clothes": DONOR})))
+
     # A bad upload: a message in the page, and the app keeps working.
     browser.find_element(By.CSS_SELECTOR, "#upload .label-wrap").click()
     (tmp_path / "notes.txt").write_text("not a picture")
