@@ -417,11 +417,8 @@ class Tracker:
 
     def write_run_file(self, path: str | Path = RUN_FILE, config: TrackingConfig | None = None) -> None:
         """Record the run for later stages and for ``dvc exp show`` (a DVC metrics file);
-        ``{"run_id": null}`` when not tracking."""
-        info = {"run_id": self.run_id,
-                "experiment_id": self.experiment_id if self.active else None,
-                "experiment": config.experiment if (config and self.active) else None}
-        write_json(path, info)
+        ``{"run_id": null}`` when not tracking. ``config`` is accepted for callers that pass it."""
+        write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id if self.active else None})
 
 
 

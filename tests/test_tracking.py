@@ -44,8 +44,8 @@ def test_training_run_is_tracked(store, tmp_path, monkeypatch):
     train(TrainJob.from_params(tracked_params(store, checkpoint_every_steps=0)), store["data"], out)
 
     info = json.loads(out.run_file.read_text())
-    assert info["experiment"] == "casd-test"
     client = MlflowClient(store["uri"])
+    assert client.get_experiment(info["experiment_id"]).name == "casd-test"
     run = client.get_run(info["run_id"])
     assert run.info.status == "FINISHED" and run.info.experiment_id == info["experiment_id"]
     # the UI opens the experiment on its training runs, not on the GenAI overview

@@ -1,0 +1,250 @@
+"""A real ``dvc exp`` sweep, queued and run two at a time, read back from the workspace's MLflow store.
+
+A temporary git + DVC repository gets the project's train, test and evaluate stages (from dvc.yaml, as they
+are), the package sources they depend on, the tiny prepared data set (``dvc add``-ed) and tiny params.
+Two experiments (``train.lr`` 0.001 and 0.002) are queued with one ``-S`` sweep and run with
+``dvc queue start -j 2``: both run at once in temporary workspaces under ``.dvc/tmp/exps/``. Then:
+the store in the repository root holds both runs (name = DVC experiment name, the swept param, evaluation
+metrics, the sample grid), ``dvc exp show`` lists each run id, and MLflow's compare page of the two runs,
+rendered in headless Chromium, shows the swept param and a metric for both.
+
+Screenshot for the README: ``CASD_SCREENSHOTS=docs pytest -m slow tests/test_sweep.py`` writes
+``docs/mlflow_sweep_compare.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from casd.tracking import runs_page
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGES = ("train", "test", "evaluate")
+LRS = ("0.001", "0.002")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1100"]
+
+
+def _tiny_params() -> dict:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["data"].update(image_size=[64, 44], annotation_size=[128, 88])
+    params["model"].update(pose_width=8, style_width=8, width=16, mlp_width=16, adain_blocks=1, modulated_blocks=1)
+    params["train"].update(epochs_constant=1, epochs_decay=0, pairs_per_epoch=8, batch_size=4, threads=1,
+                           checkpoint_every_steps=0, save_every=1, log_every=1, sample_every=0, device="cpu")
+    params["test"].update(device="cpu", strips=2, batch_size=8)
+    params["evaluate"].update(metrics=["ssim", "psnr"], device="cpu", fid_cache=False, threads=1,
+                              report_pairs=1, report_strips=2, batch_size=8)
+    params["tracking"] = {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "casd"}
+    return params
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: float = 120) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_prepared):
+    """The repository after a queued two-experiment sweep run with ``-j 2``."""
+    # outside pytest's basetemp: a concurrent pytest run may prune it while the queue still runs here
+    home = Path(tempfile.mkdtemp(prefix="casd-sweep-"))
+    repo = home / "repo"
+    repo.mkdir()
+    pipeline = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: pipeline["stages"][s] for s in STAGES}},
+                                                  sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    for folder in ("casd", "stages"):
+        shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("split", "resized", "pose", "parsing"):
+        shutil.copytree(tiny_prepared / folder, repo / "data" / folder)
+    (repo / ".gitignore").write_text("__pycache__/\n/mlflow.db\n/mlflow.db.lock\n/mlruns/\n")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(GIT_AUTHOR_NAME="casd", GIT_AUTHOR_EMAIL="casd@localhost", GIT_COMMITTER_NAME="casd",
+               GIT_COMMITTER_EMAIL="casd@localhost", DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1",
+               OMP_NUM_THREADS="1")
+    _run(["git", "init", "-q", "-b", "main"], repo, env)
+    _run(["dvc", "init", "-q"], repo, env)
+    _run(["dvc", "add", "-q", "data/split", "data/resized", "data/pose", "data/parsing"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-q", "-m", "tiny project"], repo, env)
+
+    started = time.monotonic()
+    _run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(LRS)}"], repo, env)
+    # the workers outlive the command and keep its output streams: no pipes
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=120, check=True)
+    deadline = time.monotonic() + 420
+    while True:
+        status = _run(["dvc", "queue", "status"], repo, env)
+        if not re.search(r"\b(Queued|Running)\b", status) and re.search(r"\b(Success|Failed)\b", status):
+            break
+        if time.monotonic() > deadline:
+            subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True, timeout=60)
+            pytest.fail(f"sweep not done after 420 s:\n{status}")
+        time.sleep(2)
+    elapsed = time.monotonic() - started
+    subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True, timeout=60)
+    logs = {}
+    for task in re.findall(r"^(\S+)\s.*\bFailed\b", status, flags=re.M):
+        logs[task] = subprocess.run(["dvc", "queue", "logs", task], cwd=repo, env=env, capture_output=True,
+                                    text=True, timeout=60).stdout[-4000:]
+    assert "Failed" not in status, f"{status}\n{logs}"
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
+    yield {"repo": repo, "env": env, "status": status, "shown": shown, "elapsed": elapsed}
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _experiments(shown: list) -> dict[str, dict]:
+    """{experiment name: {"params": ..., "metrics": ...}} from ``dvc exp show --json``."""
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                if rev.get("name") and data.get("metrics"):
+                    found[rev["name"]] = {"params": data["params"]["params.yaml"]["data"],
+                                          "metrics": {f: m["data"] for f, m in data["metrics"].items()}}
+    return found
+
+
+def test_queued_parallel_sweep_lands_in_the_workspace_store(sweep):
+    from mlflow.tracking import MlflowClient
+
+    repo = sweep["repo"]
+    experiments = _experiments(sweep["shown"])
+    assert len(experiments) == 2, sweep["shown"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("casd")
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == set(experiments), (set(runs), set(experiments))
+    swept = set()
+    for name, exp in experiments.items():
+        run = runs[name]
+        # dvc exp show -> MLflow: the run id is a metrics column; MLflow -> DVC: the name as run name and tag
+        assert exp["metrics"]["metrics/mlflow_run.json"]["run_id"] == run.info.run_id
+        assert run.data.tags["dvc.exp_name"] == name and run.info.status == "FINISHED"
+        assert run.data.params["train.lr"] == str(exp["params"]["train"]["lr"])
+        swept.add(run.data.params["train.lr"])
+        # the evaluate stage (another process, in the same temporary workspace) logged onto the same run
+        assert run.data.metrics["eval/ssim"] == pytest.approx(exp["metrics"]["metrics/eval.json"]["ssim"])
+        assert "eval/psnr" in run.data.metrics and "final/g_total" in run.data.metrics
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == \
+            ["samples/final_test_pairs.png"]
+        # artifacts live in the workspace's mlruns/, not in the deleted temporary workspace
+        assert Path(run.info.artifact_uri).is_relative_to(repo / "mlruns")
+        assert (Path(run.info.artifact_uri) / "samples" / "final_test_pairs.png").is_file()
+    assert swept == set(LRS)
+    print(f"sweep of 2 experiments with -j 2: {sweep['elapsed']:.0f} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _mlflow_ui(repo: Path, env: dict):
+    """``mlflow ui`` started in ``repo`` (it opens ./mlflow.db there), on a free port; stopped afterwards."""
+    executable = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    port = _free_port()
+    log = open(repo.parent / "ui.log", "wb")
+    proc = subprocess.Popen([executable, "ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow ui exited ({proc.returncode}):\n{(repo.parent / 'ui.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow ui not up after 180 s:\n{(repo.parent / 'ui.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
+
+
+def _render(browser: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
+    """Visible text of ``url`` after its scripts ran (and a screenshot when asked)."""
+    flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+        assert screenshot.is_file() and screenshot.stat().st_size > 1000
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+
+
+def test_mlflow_compare_page_of_the_sweep_in_headless_chromium(sweep, tmp_path):
+    browser = _chromium()
+    from mlflow.tracking import MlflowClient
+
+    repo = sweep["repo"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("casd").experiment_id
+    runs = client.search_runs([experiment_id])
+    shots = os.environ.get("CASD_SCREENSHOTS")
+    with _mlflow_ui(repo, sweep["env"]) as url:
+        compare = (f"{url}/#/compare-runs?runs={json.dumps([r.info.run_id for r in runs])}"
+                   f"&experiments={json.dumps([experiment_id])}")
+        compare = compare.replace(" ", "")
+        for attempt in range(3):  # the single-page app fetches over the API; a busy machine may need another look
+            shot = Path(shots) / "mlflow_sweep_compare.png" if shots and attempt == 0 else None
+            text = _render(browser, compare, tmp_path / f"profile-{attempt}", shot)
+            if all(r.info.run_name in text for r in runs) and "eval/ssim" in text:
+                break
+        assert "train.lr" in text and all(lr in text for lr in LRS), text[:2000]
+        assert all(r.info.run_name in text for r in runs) and "eval/ssim" in text, text[:2000]
+        ssim = [f"{r.data.metrics['eval/ssim']:.3f}"[:4] for r in runs]   # shown rounded; its first digits
+        assert all(s in text for s in ssim), (ssim, text[:2000])
+
+        # the experiment opens on its runs table, with both runs named after their DVC experiments
+        text = _render(browser, runs_page(url, experiment_id), tmp_path / "profile-runs")
+        assert all(r.info.run_name in text for r in runs), text[:2000]
