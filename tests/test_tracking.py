@@ -133,14 +133,15 @@ def test_unreachable_server_warns_once_and_training_writes_its_outputs(store, tm
     uri = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = Outputs.under(tmp_path)
+    recorded = tmp_path / "recorded_run.json"
+    recorded.write_text('{"run_id": "abc"}')
     started = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(TrainJob.from_params(tracked_params(store, checkpoint_every_steps=0)), store["data"], out)
-        # the evaluate stage's way in: refused at once, without a second warning
+        # the evaluate stage's ways in: refused at once, without a second warning
         with pytest.raises(TrackingUnavailable):
-            open_run_from_file(TrackingConfig(), out.run_file.with_name("other.json").write_text(
-                '{"run_id": "abc"}') and out.run_file.with_name("other.json"))
+            open_run_from_file(TrackingConfig(), recorded)
         assert not Tracker.start(TrackingConfig(), {}).active
     elapsed = time.monotonic() - started
     mine = [str(w.message) for w in caught if "MLflow" in str(w.message)]
