@@ -21,7 +21,7 @@ from casd.losses import Objective
 from casd.models import Generator, GeneratorConfig
 from casd.train import NonFiniteLossError, Outputs, Trainer, TrainJob, lr_factor, train
 from casd.train.loop import ChunkedGenerator, Networks
-from helpers import SIZE, tiny_loss, tiny_params, write_prepared
+from helpers import SIZE, tiny_params, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
