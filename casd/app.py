@@ -143,7 +143,7 @@ class Response:
 
 
 class Studio:
-    """A Synthesizer with a cache of people and their style tokens; thread-safe (one lock)."""
+    """A Synthesizer with a cache of people and their style tokens; one interaction at a time (a lock)."""
 
     def __init__(self, synth: Synthesizer, *, checkpoint: str | Path | None = None, cache_size: int = 64):
         self.synth = synth
@@ -153,7 +153,7 @@ class Studio:
         self._people: OrderedDict[str, Person] = OrderedDict()
         self._tokens: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._uploads: dict[str, tuple[Person, str, str]] = {}   # key -> (person, image file name, parsing name)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._answered = 0
         # prepared people: name -> image file (those with a parsing map), and the names with keypoints
         self.images = {n: path for n, path, phase in (self._find(n) for n in sorted(synth.data.image_names()))
@@ -259,18 +259,17 @@ class Studio:
         ``target_name``: the image the pose was taken from; the command names it
         while the pose is unedited, else the written ``pose.json``.
         """
-        rendered = self.render(choice)
         with self._lock:
+            rendered = self.render(choice)
             self._answered += 1
-            number = self._answered
-        folder = Path(out_dir) / f"{number:05d}"
-        edited = not target_name or not np.array_equal(self.keypoints(target_name), choice.keypoints)
-        panels = self.panels(choice, rendered)
-        files = [visuals.save_png(rendered.image, folder / "result.png"),
-                 visuals.save_png(self.strip(choice, panels), folder / "strip.png"),
-                 write_pose_json(folder / "pose.json", choice.keypoints)]
-        return Response(number, rendered, panels, files,
-                        self.command_line(choice, "pose.json" if edited else target_name, params))
+            folder = Path(out_dir) / f"{self._answered:05d}"
+            edited = not target_name or not np.array_equal(self.keypoints(target_name), choice.keypoints)
+            panels = self.panels(choice, rendered)
+            files = [visuals.save_png(rendered.image, folder / "result.png"),
+                     visuals.save_png(self.strip(choice, panels), folder / "strip.png"),
+                     write_pose_json(folder / "pose.json", choice.keypoints)]
+            return Response(self._answered, rendered, panels, files,
+                            self.command_line(choice, "pose.json" if edited else target_name, params))
 
     def panels(self, choice: Choice, rendered: Rendered) -> dict[str, Any]:
         """uint8 pictures: source, target pose, donors (captioned strip or None), result, predicted parsing."""
@@ -413,7 +412,6 @@ draw();
 _PAGE_CSS = """
 .pixelated img { image-rendering: pixelated; image-rendering: crisp-edges; }
 .pixelated img, .pixelated .image-frame img { object-fit: contain; }
-#status.error { color: #b00020; font-weight: 600; }
 #status .error { color: #b00020; font-weight: 600; }
 """
 
@@ -431,7 +429,7 @@ def _status(message: str, error: bool = False) -> str:
 
 def build_ui(studio: Studio, *, params: str | None = None):
     """The page (a ``gr.Blocks``) over ``studio``. Needs the ``[app]`` extra (gradio)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import; Blocks below says it too
     try:
         import gradio as gr
     except ImportError:
@@ -587,15 +585,17 @@ def build_ui(studio: Studio, *, params: str | None = None):
                 return gr.skip()
             return [n for n, hide in zip(KEYPOINT_NAMES, editor_value.get("hidden", [])) if hide]
 
-        def on_upload(image_file, parsing_file, current_choices):
+        def on_upload(image_file, parsing_file):
+            """The uploaded person becomes the source, and a choice for donors and mixing."""
             try:
                 if image_file is None or parsing_file is None:
                     raise CasdError("upload both the image and its parsing PNG first")
                 key = studio.add_upload(image_file, parsing_file)
             except CasdError as e:
-                return gr.skip(), _status(f"error: {e}", error=True)
-            return gr.update(choices=[*studio.names, *studio.uploaded_keys()], value=key), \
-                _status(f"uploaded {key}")
+                return (*[gr.skip()] * (2 + NUM_REGIONS), _status(f"error: {e}", error=True))
+            people = [*studio.names, *studio.uploaded_keys()]
+            others = gr.update(choices=[*donor_choices, *[(k, k) for k in studio.uploaded_keys()]])
+            return (gr.update(choices=people, value=key), *[others] * (1 + NUM_REGIONS), _status(f"uploaded {key}"))
 
         search.change(on_search, search, [gallery, shown_names], trigger_mode="always_last")
         gallery.select(on_pick, [role, shown_names], [source, target, mix, *donor_boxes])
@@ -608,8 +608,7 @@ def build_ui(studio: Studio, *, params: str | None = None):
         for box in (source, *donor_boxes, mix, mix_regions):
             box.change(on_render, render_inputs, render_outputs)
         alpha.release(on_render, render_inputs, render_outputs)
-        use_upload.click(on_upload, [upload_image, upload_parsing, source], [source, status])
-    page.casd_out_dir = out_dir
+        use_upload.click(on_upload, [upload_image, upload_parsing], [source, mix, *donor_boxes, status])
     return page
 
 

@@ -321,6 +321,20 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     assert "notes.txt: not an image file" in status()
     np.testing.assert_array_equal(generate(), shown)
 
+    # The same upload with an image in place of the text: it becomes the source.
+    browser.find_element(By.CSS_SELECTOR, "#upload-image button[aria-label=Clear]").click()
+    image = str(shutil.copy(synth.data.find_image(DONOR)[0], tmp_path / "me.jpg"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-image input[type=file]"))[0].send_keys(image)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-image .file-preview"))
+    before = rendered_count()
+    browser.find_element(By.ID, "use-upload").click()
+    wait.until(lambda d: rendered_count() > before)
+    assert "--parsing me.jpg=parsing.png" in browser.find_element(By.CSS_SELECTOR, "#command textarea") \
+        .get_attribute("value")
+    uploaded = synth.person(str(image), parsing=parsing)
+    np.testing.assert_array_equal(_fetch_png(browser.find_element(By.CSS_SELECTOR, "#result img").get_attribute("src")),
+                                  visuals.to_uint8(synth.swap(uploaded, mirrored, {"upper_clothes": DONOR})))
+
     # Offline: everything the page asked for came from this server (or is inline data).
     requested = set()
     for entry in browser.get_log("performance"):
