@@ -202,6 +202,7 @@ class _Store:
         self.db = sqlite_path(uri)
         # the client creates and migrates a new database: two processes doing so at once collide
         self.client = self.call(MlflowClient, uri)
+        self.call(self._adopt_copied_store)  # before any run of this store writes an artifact
 
     def call(self, action: Callable, *args, **kwargs):
         for attempt in range(_LOCKED_RETRIES):
@@ -219,7 +220,6 @@ class _Store:
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created (with its artifacts beside the database) if missing."""
         def get_or_create():
-            self._adopt_copied_store()
             experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id

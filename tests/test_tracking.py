@@ -173,6 +173,15 @@ def test_copied_checkout_writes_artifacts_into_its_own_folder(tmp_path, monkeypa
     shutil.copytree(original, copy)
 
     monkeypatch.chdir(copy)
+    from mlflow.tracking._tracking_service import utils as mlflow_utils
+
+    mlflow_utils._artifact_repos_cache.clear()  # as in a new process: MLflow caches artifact paths per run id
+    # a later stage of the copied run (evaluate, with train cached) writes into the copy as well
+    run_file = copy / "run.json"
+    run_file.write_text(json.dumps({"run_id": first.run_id}))
+    open_run_from_file(TrackingConfig(), run_file).log_artifact(run_file, "eval")
+    assert (copy / "mlruns" / "casd" / first.run_id / "artifacts" / "eval" / "run.json").is_file()
+    assert not (original / "mlruns" / "casd" / first.run_id / "artifacts" / "eval").exists()
     second = _log_one_run()
     assert (copy / "mlruns" / "casd" / second.run_id / "artifacts" / "samples" / "grid.png").is_file()
     assert not (original / "mlruns" / "casd" / second.run_id).exists()
