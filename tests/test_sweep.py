@@ -69,7 +69,15 @@ def sweep(tiny_prepared):
     """The repository after a queued two-experiment sweep run with ``-j 2``."""
     # outside pytest's basetemp: a concurrent pytest run may prune it while the queue still runs here
     home = Path(tempfile.mkdtemp(prefix="casd-sweep-"))
-    repo = home / "repo"
+    try:
+        yield _queued_sweep(home / "repo", tiny_prepared)
+    finally:
+        if (home / "repo" / ".dvc").is_dir():  # queue workers must not outlive the repository
+            subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=home / "repo", capture_output=True, timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _queued_sweep(repo: Path, tiny_prepared: Path) -> dict:
     repo.mkdir()
     pipeline = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: pipeline["stages"][s] for s in STAGES}},
@@ -113,8 +121,7 @@ def sweep(tiny_prepared):
                                     text=True, timeout=60).stdout[-4000:]
     assert "Failed" not in status, f"{status}\n{logs}"
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
-    yield {"repo": repo, "env": env, "status": status, "shown": shown, "elapsed": elapsed}
-    shutil.rmtree(home, ignore_errors=True)
+    return {"repo": repo, "env": env, "status": status, "shown": shown, "elapsed": elapsed}
 
 
 def _experiments(shown: list) -> dict[str, dict]:
