@@ -15,6 +15,21 @@ on random prepared people, measured through :class:`casd.app.Studio`:
 
 Gradio's own transport (queue, websocket, file serving) comes on top; the
 browser test exercises it. Best of ``--repeat`` runs after a warm-up.
+
+Measured (2-core CPU container, shared and heavily loaded: load average 15-25, --repeat 3):
+
+    threads  config    size     first     pose     donor    respond
+    2        demo      64x44    2180 ms   2120 ms  1552 ms  4854 ms
+    2        upstream  256x176  31.0 s    23.4 s   24.4 s   39.2 s
+    1        demo      64x44     202 ms    59 ms    64 ms   140 ms
+    1        upstream  256x176  18.0 s    11.7 s   12.6 s    5.9 s
+
+(The load changed between rows; upstream "respond" below "pose" is that noise.)
+
+With two threads on a machine this oversubscribed torch's threads mostly wait for
+each other: the same decode at demo size took 20-40 ms with one thread and
+40-570 ms with two (interleaved runs); the browser test's page reported 11-140 ms
+of model time per interaction at 64x44 with the tiny widths.
 """
 
 from __future__ import annotations
