@@ -9,6 +9,7 @@ editor is a canvas whose value :func:`editor_to_keypoints` and
 """
 
 import argparse
+import atexit
 import dataclasses
 import hashlib
 import html
@@ -17,6 +18,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import tempfile
 import threading
 import time
@@ -436,7 +438,8 @@ def build_ui(studio: Studio, *, params: str | None = None):
         raise CasdError("casd app needs gradio: pip install -e '.[app]'") from None
 
     h, w = studio.image_size
-    out_dir = Path(tempfile.mkdtemp(prefix="casd-app-"))
+    out_dir = Path(tempfile.mkdtemp(prefix="casd-app-"))  # results the page serves; gone when the process ends
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     donor_choices = [("(the source's own)", "")] + [(n, n) for n in studio.names]
 
     def gallery_items(query: str) -> tuple[list[tuple[str, str]], list[str]]:
