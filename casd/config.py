@@ -42,31 +42,54 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return params
 
 
-def from_dict(cls: type[T], mapping: dict[str, Any] | None, section: str = "") -> T:
-    """Build dataclass ``cls`` from ``mapping``; unknown keys are an error.
+def from_dict(cls: type[T], mapping: dict[str, Any] | None, section: str = "",
+              source: str | Path = DEFAULT_PARAMS) -> T:
+    """Build dataclass ``cls`` from ``mapping`` (section ``section`` of params file ``source``); unknown keys
+    are an error.
 
     Nested dataclass fields are built recursively; lists become tuples where
-    the field is annotated as a tuple.
+    the field is annotated as a tuple. A ConfigError raised by the dataclass's own checks is re-raised
+    naming ``source`` and the section.
     """
     mapping = dict(mapping or {})
+    where = f"{source} [{section or cls.__name__}]"
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - names)
     if unknown:
-        raise ConfigError(f"params.yaml [{section or cls.__name__}]: unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in mapping.items():
         hint = hints.get(name)
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{section}.{name}" if section else name)
+            value = from_dict(hint, value, f"{section}.{name}" if section else name, source)
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
             value = tuple(value)
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"params.yaml [{section or cls.__name__}]: {e}") from e
+        raise ConfigError(f"{where}: {e}") from e
+    except ConfigError as e:
+        # the checks in __post_init__ may name the default file and section; say the one actually read
+        problem = str(e).removeprefix(f"{DEFAULT_PARAMS} [{section or cls.__name__}]: ")
+        raise ConfigError(f"{where}: {problem}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """A params file as read: its path (named in every config error) and its sections."""
+
+    path: Path
+    values: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_PARAMS) -> "Params":
+        return cls(Path(path), load_params(path))
+
+    def section(self, cls: type[T], name: str) -> T:
+        """Section ``name`` as dataclass ``cls`` (an absent section gives the defaults)."""
+        return from_dict(cls, self.values.get(name), name, self.path)
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casd.config import from_dict
+from casd.config import DEFAULT_PARAMS, from_dict
 from casd.errors import ConfigError
 from casd.data.layout import DataConfig
 from casd.data.pose import PoseConfig
@@ -103,14 +103,15 @@ class TrainJob:
     params: dict = field(default_factory=dict)  # the whole params.yaml, logged to MLflow
 
     @classmethod
-    def from_params(cls, params: dict) -> "TrainJob":
-        data = from_dict(DataConfig, params.get("data"), "data")
-        return cls(train=from_dict(TrainConfig, params.get("train"), "train"),
-                   model=from_dict(GeneratorConfig, params.get("model"), "model"),
-                   loss=from_dict(LossConfig, params.get("loss"), "loss"),
-                   tracking=from_dict(TrackingConfig, params.get("tracking"), "tracking"),
-                   image_size=tuple(data.image_size),
-                   pose=from_dict(PoseConfig, params.get("pose"), "pose"),
+    def from_params(cls, params: dict, source: str | Path = DEFAULT_PARAMS) -> "TrainJob":
+        """The sections of params file ``source`` (read into ``params``) a run uses."""
+        def section(config: type, name: str):
+            return from_dict(config, params.get(name), name, source)
+
+        data = section(DataConfig, "data")
+        return cls(train=section(TrainConfig, "train"), model=section(GeneratorConfig, "model"),
+                   loss=section(LossConfig, "loss"), tracking=section(TrackingConfig, "tracking"),
+                   image_size=tuple(data.image_size), pose=section(PoseConfig, "pose"),
                    params=params)
 
     def logged_params(self) -> dict:
