@@ -158,13 +158,13 @@ class Studio:
         self._lock = threading.RLock()
         self._answered = 0
         # prepared people: name -> image file (those with a parsing map), and the names with keypoints
-        self.images = {n: path for n, path, phase in (self._find(n) for n in sorted(synth.data.image_names()))
-                       if path is not None and synth.data.parsing_path(n, phase).is_file()}
+        self.images = {n: path for n, path, phase in (self._find(n) for n in sorted(synth.layout.image_names()))
+                       if path is not None and synth.layout.parsing_map(phase, n).is_file()}
         self.names = list(self.images)
-        self.pose_names = sorted(synth.data.keypoints())
+        self.pose_names = sorted(synth.keypoint_table())
 
     def _find(self, name: str) -> tuple[str, Path | None, str | None]:
-        found = self.synth.data.find_image(name)
+        found = self.synth.layout.find_image(name)
         return (name, None, None) if found is None else (name, *found)
 
     # ---- people

@@ -48,16 +48,16 @@ from casd import control, visuals
 from casd.checkpoints import load_generator
 from casd.config import from_dict, load_params, resolve_device
 from casd.data.dataset import PairDataset, add_pose_input
-from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, REGION_NAMES, DataConfig, PreparedLayout,
-                              flat_stem, read_image, read_pairs, read_regions, rescale_keypoints)
+from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, PREPARED, REGION_NAMES, DataConfig,
+                              PreparedLayout, flat_stem, read_image, read_pairs, read_regions, rescale_keypoints)
 from casd.data.pose import PoseConfig, load_keypoints, pose_input
 from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import safe_name, write_json
 
-DATA_ROOT = Path("data")
-GENERATED_DIR = Path("data/generated")
-PREDICTED_PARSING_DIR = Path("data/predicted_parsing")
-STRIPS_DIR = Path("data/strips")
+DATA_ROOT = PREPARED.root
+GENERATED_DIR = PREPARED.root / "generated"
+PREDICTED_PARSING_DIR = PREPARED.root / "predicted_parsing"
+STRIPS_DIR = PREPARED.root / "strips"
 MANIFEST = "manifest.json"
 SEPARATOR = "___"  # between the two stems of an output name; flat DeepFashion names never contain it
 STRIP_PANELS = ("source", "target pose", "generated", "ground truth", "predicted parsing")  # test stage strips
@@ -112,17 +112,17 @@ def _parsing_tensor(parsing: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return parsing.float()
 
 
-def _read_parsing(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """An explicit parsing PNG -> one-hot [8, H, W]; nearest-resized to ``size`` only if of the same aspect ratio."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, ValueError) as e:
-        raise DataError(path, f"cannot read parsing map ({e})") from None
-    if abs(height * size[1] - width * size[0]) > 0.02 * size[0] * width:
-        raise DataError(path, f"parsing map is {height}x{width}, another shape than the {size[0]}x{size[1]} "
-                              f"images; give the parsing of the image itself (merged region ids 0..7)")
-    return _onehot(read_regions(path, size, resize=True))
+def _explicit_parsing(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """A parsing PNG given with an image -> one-hot [8, H, W]; nearest-resized to ``size`` only if of the same
+    aspect ratio (another shape means the parsing of another picture)."""
+    ids = read_regions(path)
+    height, width = ids.shape
+    if (height, width) != tuple(size):
+        if abs(height * size[1] - width * size[0]) > 0.02 * size[0] * width:
+            raise DataError(path, f"parsing map is {height}x{width}, another shape than the {size[0]}x{size[1]} "
+                                  f"images; give the parsing of the image itself (merged region ids 0..7)")
+        ids = read_regions(path, size, resize=True)
+    return _onehot(ids)
 
 
 def read_pose_json(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
@@ -167,60 +167,6 @@ def read_pose_json(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(kp)
 
 
-class PreparedData:
-    """Lookup of prepared images, parsing and keypoints by flat name (both phases)."""
-
-    def __init__(self, root: str | Path = DATA_ROOT):
-        self.layout = PreparedLayout(Path(root))
-        self._keypoints: dict[str, np.ndarray] | None = None
-        self._frame: tuple[tuple[int, int], Path] | None = None
-
-    def find_image(self, name: str) -> tuple[Path, str] | None:
-        """(image path, phase) of a prepared image called ``name`` (``.jpg`` optional), or None."""
-        file = name if name.endswith(".jpg") else f"{name}.jpg"
-        if "/" in file or "\\" in file:
-            return None
-        for phase in PHASES:
-            path = self.layout.image(phase, file)
-            if path.is_file():
-                return path, phase
-        return None
-
-    def parsing_path(self, name: str, phase: str) -> Path:
-        return self.layout.parsing_map(phase, name if name.endswith(".jpg") else name + ".jpg")
-
-    def keypoints(self) -> dict[str, np.ndarray]:
-        if self._keypoints is None:
-            self._keypoints = {}
-            for phase in PHASES:
-                if self.layout.keypoints(phase).is_file():
-                    self._keypoints.update(load_keypoints(self.layout.keypoints(phase)))
-        return self._keypoints
-
-    def frame(self) -> tuple[tuple[int, int], Path] | None:
-        """(H, W) of the prepared images (the frame of their keypoints) and one image of that size; None if none."""
-        if self._frame is None:
-            for phase in PHASES:
-                folder = self.layout.images(phase)
-                first = next(folder.glob("*.jpg"), None) if folder.is_dir() else None
-                if first is not None:
-                    with Image.open(first) as img:
-                        self._frame = ((img.height, img.width), first)
-                    break
-        return self._frame
-
-    def unknown(self, name: str, what: str, candidates: Iterable[str]) -> DataError:
-        close = difflib.get_close_matches(name, list(candidates), n=2)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        where = ", ".join(str(self.layout.images(p)) for p in PHASES) if what == "image" else \
-            ", ".join(str(self.layout.keypoints(p)) for p in PHASES)
-        return DataError(name, f"no prepared {what} of that name (looked in {where}){hint}")
-
-    def image_names(self) -> list[str]:
-        return [p.name for phase in PHASES if self.layout.images(phase).is_dir()
-                for p in self.layout.images(phase).glob("*.jpg")]
-
-
 # --------------------------------------------------------------------------- the Synthesizer
 
 class Synthesizer:
@@ -236,13 +182,12 @@ class Synthesizer:
                  data_root: str | Path = DATA_ROOT, device: str | torch.device = "cpu",
                  parsing: Mapping[str, str | Path] | None = None):
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        if self.image_size[0] % 4 or self.image_size[1] % 4 or min(self.image_size) < 4:
-            raise ConfigError(f"image size {self.image_size[0]}x{self.image_size[1]}: the generator needs a height "
-                              f"and width divisible by 4")
         self.device = resolve_device(str(device))
         self.generator = generator.to(self.device).eval().set_modulated_norm("sample")
         self.pose = PoseConfig(mode=pose_mode, sigma=sigma)
-        self.data = PreparedData(data_root)
+        self.layout = PreparedLayout(data_root)
+        self._keypoints: dict[str, np.ndarray] | None = None
+        self._frame: tuple[tuple[int, int], Path] | None = None
         # explicit parsing files for image paths: {image path or name: parsing png}
         self.parsing_files = {str(k): Path(v) for k, v in (parsing or {}).items()}
 
@@ -259,13 +204,15 @@ class Synthesizer:
         if isinstance(params, (str, Path)):
             params = load_params(params)
         params = params or {}
-        data, pose = dict(params.get("data") or {}), dict(params.get("pose") or {})
+        section, pose = dict(params.get("data") or {}), dict(params.get("pose") or {})
+        data = from_dict(DataConfig, section, "data")
+        params_size = data.image_size if "image_size" in section else None
         loaded = load_generator(path, device=resolve_device(str(device)))
         if check:
-            loaded.check_settings(model=params.get("model"), image_size=data.get("image_size"),
+            loaded.check_settings(model=params.get("model"), image_size=params_size,
                                   pose_mode=pose.get("mode"), pose_sigma=pose.get("sigma"),
                                   hint=", or leave out --params to take its own")
-        image_size = loaded.image_size or data.get("image_size")
+        image_size = loaded.image_size or params_size
         if image_size is None:
             raise ConfigError(f"{path}: the checkpoint does not record its image size; pass params with "
                               f"data.image_size")
@@ -274,9 +221,36 @@ class Synthesizer:
 
     # ---- inputs
 
+    def keypoint_table(self) -> dict[str, np.ndarray]:
+        """{prepared image name: keypoints (18, 2) (y, x)} of both phases, read once."""
+        if self._keypoints is None:
+            self._keypoints = {}
+            for phase in PHASES:
+                if self.layout.keypoints(phase).is_file():
+                    self._keypoints.update(load_keypoints(self.layout.keypoints(phase)))
+        return self._keypoints
+
+    def _prepared_frame(self) -> tuple[tuple[int, int], Path] | None:
+        """(H, W) of the prepared images (the frame of their keypoints) and one image of that size; None if none."""
+        if self._frame is None:
+            for phase in PHASES:
+                folder = self.layout.images(phase)
+                first = next(folder.glob("*.jpg"), None) if folder.is_dir() else None
+                if first is not None:
+                    with Image.open(first) as img:
+                        self._frame = ((img.height, img.width), first)
+                    break
+        return self._frame
+
+    def _unknown(self, name: str, what: str, candidates: Iterable[str]) -> DataError:
+        close = difflib.get_close_matches(name, list(candidates), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        places = [self.layout.images(p) if what == "image" else self.layout.keypoints(p) for p in PHASES]
+        return DataError(name, f"no prepared {what} of that name (looked in {', '.join(map(str, places))}){hint}")
+
     def _check_prepared_frame(self, what: str) -> None:
         """ConfigError when the prepared data (the frame of its images and keypoints) is not the generator's."""
-        found = self.data.frame()
+        found = self._prepared_frame()
         if found is not None and found[0] != self.image_size:
             (h, w), example = found
             raise ConfigError(f"the generator works at {self.image_size[0]}x{self.image_size[1]} but the prepared "
@@ -297,11 +271,11 @@ class Synthesizer:
         if isinstance(source, torch.Tensor):
             raise CasdError("a person given as tensors needs its parsing: pass (image, parsing)")
         name = str(source)
-        found = self.data.find_image(name)
+        found = self.layout.find_image(name)
         explicit = parsing if parsing is not None else self.parsing_files.get(name)
         if found is not None and not Path(name).is_file():
             path, phase = found
-            parsing_path = Path(explicit) if explicit is not None else self.data.parsing_path(name, phase)
+            parsing_path = Path(explicit) if explicit is not None else self.layout.parsing_map(phase, path.name)
             if not parsing_path.is_file():
                 raise DataError(parsing_path, f"parsing of {path.name} not found (run the segment stage)")
             with Image.open(path) as img:
@@ -317,10 +291,10 @@ class Synthesizer:
             if isinstance(explicit, torch.Tensor):
                 parsing_onehot = _parsing_tensor(explicit, self.image_size)
             else:
-                parsing_onehot = _read_parsing(Path(explicit), self.image_size)
+                parsing_onehot = _explicit_parsing(Path(explicit), self.image_size)
             picture = read_image(path, self.image_size, resize=Image.Resampling.BICUBIC)
             return Person(_image_tensor(picture), parsing_onehot, path.stem)
-        raise self.data.unknown(name, "image", self.data.image_names())
+        raise self._unknown(name, "image", self.layout.image_names())
 
     def keypoints(self, pose: PoseLike) -> torch.Tensor:
         """Resolve a pose (annotated image name, JSON file, or [18, 2]) -> long [18, 2] (y, x), -1 missing."""
@@ -334,10 +308,10 @@ class Synthesizer:
             if not Path(name).is_file():
                 raise DataError(name, "keypoints JSON file not found")
             return read_pose_json(name, self.image_size)
-        table = self.data.keypoints()
+        table = self.keypoint_table()
         key = name if name.endswith(".jpg") else f"{name}.jpg"
         if key not in table:
-            raise self.data.unknown(name, "pose (annotated image)", table)
+            raise self._unknown(name, "pose (annotated image)", table)
         self._check_prepared_frame(f"the keypoints of {key}")
         return torch.from_numpy(np.asarray(table[key], dtype=np.int64))
 

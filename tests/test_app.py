@@ -323,7 +323,7 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
 
     # The same upload with an image in place of the text: it becomes the source.
     browser.find_element(By.CSS_SELECTOR, "#upload-image button[aria-label=Clear]").click()
-    image = str(shutil.copy(synth.data.find_image(DONOR)[0], tmp_path / "me.jpg"))
+    image = str(shutil.copy(synth.layout.find_image(DONOR)[0], tmp_path / "me.jpg"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-image input[type=file]"))[0].send_keys(image)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-image .file-preview"))
     before = rendered_count()

@@ -121,7 +121,22 @@ class PreparedLayout:
         return self.parsing_dir / phase
 
     def parsing_map(self, phase: str, name: str) -> Path:
-        return self.parsing(phase) / f"{flat_stem(name)}.png"
+        return self.parsing(phase) / parsing_file_name(name)
+
+    def find_image(self, name: str) -> tuple[Path, str] | None:
+        """(path, phase) of the prepared image called ``name`` (``.jpg`` optional) in either phase, or None."""
+        file = name if name.endswith(".jpg") else f"{name}.jpg"
+        if "/" in file or "\\" in file:
+            return None
+        for phase in PHASES:
+            path = self.image(phase, file)
+            if path.is_file():
+                return path, phase
+        return None
+
+    def image_names(self) -> list[str]:
+        """Names of the prepared images of both phases."""
+        return [p.name for phase in PHASES if self.images(phase).is_dir() for p in self.images(phase).glob("*.jpg")]
 
 
 PREPARED = PreparedLayout()
@@ -328,6 +343,11 @@ def flat_name(relpath: str | Path) -> str:
 def flat_stem(name: str) -> str:
     """``fashion...front.jpg`` -> ``fashion...front`` (the parsing PNG stem)."""
     return name[:-4] if name.endswith(".jpg") else name
+
+
+def parsing_file_name(name: str) -> str:
+    """``fashion...front.jpg`` -> ``fashion...front.png``: the parsing map of an image."""
+    return f"{flat_stem(name)}.png"
 
 
 # --------------------------------------------------------------------------- readers

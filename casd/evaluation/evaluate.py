@@ -25,13 +25,14 @@ from PIL import Image
 
 from casd import weights
 from casd.config import from_dict, load_params, resolve_device
-from casd.data.layout import NUM_REGIONS, REGION_NAMES, flat_stem, read_image, read_pairs, read_regions
+from casd.data.layout import (NUM_REGIONS, PREPARED, REGION_NAMES, flat_stem, parsing_file_name, read_image,
+                              read_pairs, read_regions)
 from casd.errors import ConfigError, DataError, WeightsError
 from casd.evaluation import metrics
 from casd.evaluation.report import ReportInputs, build_report
 from casd.fileio import atomic_path, write_json
 from casd.visuals import parsing_colours
-from casd.inference import read_manifest
+from casd.inference import GENERATED_DIR, PREDICTED_PARSING_DIR, STRIPS_DIR, output_name, read_manifest
 
 METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid", "colour", "parsing")
 PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips", "colour_error", "parsing_pixel_accuracy")
@@ -94,12 +95,12 @@ class EvaluateConfig:
 class EvaluatePaths:
     """Where an evaluation reads and writes (the evaluate stage's DVC deps and outs)."""
 
-    generated: Path = Path("data/generated")            # generated pictures (+ the test stage's manifest.json)
-    strips: Path = Path("data/strips")
-    test_images: Path = Path("data/resized/test")       # ground truth and sources
-    train_images: Path = Path("data/resized/train")     # FID reference, training mean colours
-    parsing: Path = Path("data/parsing")                # <phase>/<stem>.png region ids
-    predicted_parsing: Path | None = Path("data/predicted_parsing")  # <from>___<to>.png, the model's target parsing
+    generated: Path = GENERATED_DIR                     # generated pictures (+ the test stage's manifest.json)
+    strips: Path = STRIPS_DIR
+    test_images: Path = PREPARED.images("test")         # ground truth and sources
+    train_images: Path = PREPARED.images("train")       # FID reference, training mean colours
+    parsing: Path = PREPARED.parsing_dir                # <phase>/<stem>.png region ids
+    predicted_parsing: Path | None = PREDICTED_PARSING_DIR  # <from>___<to>.png, the model's target parsing
     metrics: Path = Path("metrics/eval.json")           # numbers only
     protocol: Path = Path("reports/eval_protocol.json")  # protocol, skip reasons
     pairs_csv: Path = Path("reports/eval_pairs.csv")
@@ -107,13 +108,21 @@ class EvaluatePaths:
     train_metrics: Path = Path("metrics/train.json")
     loss_csv: Path = Path("metrics/train_loss.csv")
     run_file: Path = Path("metrics/mlflow_run.json")
-    fid_cache: Path = Path("data/fid_cache")
+    fid_cache: Path = PREPARED.root / "fid_cache"
 
     @classmethod
     def under(cls, root: str | Path) -> "EvaluatePaths":
         """Every path below ``root`` (tests)."""
         root = Path(root)
         return cls(**{f.name: root / getattr(cls, f.name) for f in dataclasses.fields(cls)})
+
+    def truth_parsing(self, phase: str, name: str) -> Path:
+        """The ground-truth parsing map of image ``name``."""
+        return self.parsing / phase / parsing_file_name(name)
+
+    def predicted(self, pair: "Pair") -> Path:
+        """The model's predicted target parsing of ``pair`` (written by the test stage)."""
+        return self.predicted_parsing / output_name(pair.source, pair.target)
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,7 @@ def training_mean_colours(files: Sequence[Path], parsing_dir: Path, reader: _Rea
     """Each region's mean colour over the training images ``[R, 3]`` (NaN for a region never seen); cached."""
     cache = None
     if cache_dir is not None:
-        parsing = [parsing_dir / f"{flat_stem(f.name)}.png" for f in files]
+        parsing = [parsing_dir / parsing_file_name(f.name) for f in files]
         key = metrics.file_list_key([*files, *parsing], f"{reader.size}-{config.resize_filter}")
         cache = cache_dir / f"colours-{key}.npy"
         if cache.is_file():
@@ -319,7 +328,7 @@ def training_mean_colours(files: Sequence[Path], parsing_dir: Path, reader: _Rea
     sums, counts = np.zeros((NUM_REGIONS, 3)), np.zeros(NUM_REGIONS)
     for chunk in metrics.batched(list(files), config.batch_size):
         images = metrics.read_rgb_batch(chunk, config.threads, reader.image)
-        regions = np.stack([reader.regions(parsing_dir / f"{flat_stem(f.name)}.png") for f in chunk])
+        regions = np.stack([reader.regions(parsing_dir / parsing_file_name(f.name)) for f in chunk])
         s, c = metrics.region_colour_sums(images, regions, NUM_REGIONS)
         sums, counts = sums + s.sum(0), counts + c.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -350,7 +359,6 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
     reference = paths.train_images if config.fid_reference == "train" else paths.test_images
     reference_files = _files(reference, config.reference_format)
 
-    test_parsing = paths.parsing / "test"
     training_mean = _training_mean_or_skip(pairs, paths, config, reader, skipped) if "colour" in wanted else None
     truth_parsing_ok, predicted_ok = _parsing_inputs(pairs, paths, skipped) if "parsing" in wanted else (False, False)
     kinds = ["model", "baseline"] if config.baseline else ["model"]
@@ -375,23 +383,23 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
             if kind in fid_stats:
                 fid_stats[kind].update(metrics.inception_features(nets.inception, images))
         if training_mean is not None or truth_parsing_ok:
-            target_regions = np.stack([reader.regions(test_parsing / f"{flat_stem(p.target)}.png") for p in chunk])
-            source_regions = np.stack([reader.regions(test_parsing / f"{flat_stem(p.source)}.png") for p in chunk])
+            target_regions = np.stack([reader.regions(paths.truth_parsing("test", p.target)) for p in chunk])
+            source_regions = np.stack([reader.regions(paths.truth_parsing("test", p.source)) for p in chunk])
         if training_mean is not None:
             errors = metrics.colour_errors(generated, truth, target_regions, source, source_regions, training_mean)
             for name, values in errors.items():
                 colour.setdefault(name, []).append(values)
         if truth_parsing_ok:
-            truth_size = read_regions(test_parsing / f"{flat_stem(chunk[0].target)}.png").shape
-            truth_maps = np.stack([read_regions(test_parsing / f"{flat_stem(p.target)}.png", truth_size)
+            truth_size = read_regions(paths.truth_parsing("test", chunk[0].target)).shape
+            truth_maps = np.stack([read_regions(paths.truth_parsing("test", p.target), truth_size)
                                    for p in chunk])
             guesses = {}
             if predicted_ok:
-                guesses["model"] = np.stack([read_regions(paths.predicted_parsing / _predicted_name(p), truth_size,
-                                                          resize=True) for p in chunk])
+                guesses["model"] = np.stack([read_regions(paths.predicted(p), truth_size, resize=True)
+                                             for p in chunk])
             if config.baseline:
-                guesses["baseline"] = np.stack([read_regions(test_parsing / f"{flat_stem(p.source)}.png",
-                                                             truth_size, resize=True) for p in chunk])
+                guesses["baseline"] = np.stack([read_regions(paths.truth_parsing("test", p.source), truth_size,
+                                                             resize=True) for p in chunk])
             for kind, maps in guesses.items():
                 prefix = "" if kind == "model" else "baseline_"
                 confusion[kind] += metrics.confusion_matrix(maps, truth_maps, NUM_REGIONS)
@@ -451,10 +459,9 @@ def _image_scores(images: np.ndarray, truth: np.ndarray, config: EvaluateConfig,
 def _training_mean_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, reader: _Reader,
                            skipped: dict[str, str]) -> np.ndarray | None:
     """The training mean colours ``[R, 3]`` the colour metric needs, or None with the reason in ``skipped``."""
-    test_parsing, train_parsing = paths.parsing / "test", paths.parsing / "train"
-    needed = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)]
+    needed = [paths.truth_parsing("test", n) for p in pairs for n in (p.source, p.target)]
     train_files = _files(paths.train_images, "any")
-    needed += [train_parsing / f"{flat_stem(f.name)}.png" for f in train_files]
+    needed += [paths.truth_parsing("train", f.name) for f in train_files]
     missing = [p for p in needed if not p.is_file()]
     if missing:
         skipped["colour"] = f"parsing map {missing[0]} not found ({len(missing)} missing)"
@@ -462,24 +469,23 @@ def _training_mean_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, config: 
     if not train_files:
         skipped["colour"] = f"no training images in {paths.train_images}"
         return None
-    return training_mean_colours(train_files, train_parsing, reader, config,
+    return training_mean_colours(train_files, paths.parsing / "train", reader, config,
                                  paths.fid_cache if config.fid_cache else None)
 
 
 def _parsing_inputs(pairs: Sequence[Pair], paths: EvaluatePaths, skipped: dict[str, str]) -> tuple[bool, bool]:
     """(ground-truth parsing present, predicted parsing present); a reason in ``skipped`` where not."""
-    test_parsing = paths.parsing / "test"
-    truth_missing = [test_parsing / f"{flat_stem(n)}.png" for p in pairs for n in (p.source, p.target)
-                     if not (test_parsing / f"{flat_stem(n)}.png").is_file()]
+    truth_missing = [path for p in pairs for n in (p.source, p.target)
+                     if not (path := paths.truth_parsing("test", n)).is_file()]
     if truth_missing:
         skipped["parsing"] = f"parsing map {truth_missing[0]} not found ({len(truth_missing)} missing)"
         return False, False
     if paths.predicted_parsing is None:
         skipped["parsing"] = "no predicted parsing given (--predicted-parsing)"
         return True, False
-    missing = [p for p in pairs if not (paths.predicted_parsing / _predicted_name(p)).is_file()]
+    missing = [p for p in pairs if not paths.predicted(p).is_file()]
     if missing:
-        skipped["parsing"] = (f"no predicted parsing {paths.predicted_parsing / _predicted_name(missing[0])} "
+        skipped["parsing"] = (f"no predicted parsing {paths.predicted(missing[0])} "
                               f"({len(missing)} of {len(pairs)} missing)")
     return True, not missing
 
@@ -500,10 +506,6 @@ def _colour_numbers(errors: Mapping[str, np.ndarray]) -> dict[str, Any]:
         regions = {name: metrics.colour_gap({k: v[:, [i]] for k, v in errors.items()})
                    for name, i in zip(COLOUR_REGIONS, ids)}
     return {f"colour_{k}": overall[k] for k in names} | {"colour_regions": regions}
-
-
-def _predicted_name(pair: Pair) -> str:
-    return f"{flat_stem(pair.source)}___{flat_stem(pair.target)}.png"
 
 
 # --------------------------------------------------------------------------- outputs
@@ -581,9 +583,8 @@ def report_inputs(evaluation: Evaluation, paths: EvaluatePaths, config: Evaluate
 
     def parsing_picture(i: int) -> np.ndarray:
         p = pairs[i]
-        maps = [reader.regions(paths.parsing / "test" / f"{flat_stem(p.source)}.png"),
-                reader.regions(paths.predicted_parsing / _predicted_name(p)),
-                reader.regions(paths.parsing / "test" / f"{flat_stem(p.target)}.png")]
+        maps = [reader.regions(paths.truth_parsing("test", p.source)), reader.regions(paths.predicted(p)),
+                reader.regions(paths.truth_parsing("test", p.target))]
         return np.concatenate([reader.image(paths.test_images / p.source), *map(parsing_colours, maps)], axis=1)
 
     has_parsing = evaluation.numbers.get("parsing_miou") is not None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from casd.checkpoints import save_checkpoint
 from casd.config import load_params
 from casd.data.dataset import EpochPairSampler, PairBatch, PairDataset
-from casd.data.layout import PreparedLayout
+from casd.data.layout import PREPARED, PreparedLayout
 from casd.errors import CasdError, ConfigError
 from casd.fileio import remove_temp_files, write_json, write_text
 from casd.losses import DISCRIMINATOR_TERMS, TERMS, Objective, random_backbones
@@ -105,7 +105,7 @@ def check_finite(logged: dict[str, float], trainer: "Trainer") -> None:
 class Trainer:
     """One training run; :meth:`run` trains to the end (or resumes and finishes) and writes the outputs."""
 
-    def __init__(self, job: TrainJob, data_root: str | Path = "data", outputs: Outputs | None = None):
+    def __init__(self, job: TrainJob, data_root: str | Path = PREPARED.root, outputs: Outputs | None = None):
         self.job, self.cfg = job, job.train
         self.data_root = Path(data_root)
         self.out = outputs or Outputs()
@@ -424,7 +424,7 @@ def finish_outputs(trainer: "Trainer") -> dict:
     return summary
 
 
-def train(job: TrainJob, data_root: str | Path = "data", outputs: Outputs | None = None) -> dict:
+def train(job: TrainJob, data_root: str | Path = PREPARED.root, outputs: Outputs | None = None) -> dict:
     """Train (or resume and finish) ``job``; returns the summary metrics."""
     return Trainer(job, data_root, outputs).run()
 
