@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from casd.checkpoints import load_checkpoint
-from casd.errors import ConfigError
+from casd.checkpoints import load_checkpoint, save_checkpoint
+from casd.errors import CasdError, ConfigError, user_error_message
 from casd.losses import Objective
 from casd.models import Generator, GeneratorConfig
 from casd.train import NonFiniteLossError, Outputs, Trainer, TrainJob, lr_factor, train
@@ -206,6 +206,17 @@ def test_checkpoint_of_other_settings_is_not_resumed(data_root, tmp_path, capsys
     summary = train(TrainJob.from_params(tiny_params(epochs_constant=1, epochs_decay=0, lr=5e-4)), data_root, out)
     assert "starting from scratch" in capsys.readouterr().err
     assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize("content", [[torch.zeros(1)], {"generator": {}}], ids=["pickled-list", "dict-of-another-kind"])
+def test_resume_from_a_file_that_is_not_a_training_checkpoint_ends_in_one_line(data_root, tmp_path, content):
+    bogus = tmp_path / "bogus.pt"
+    save_checkpoint(bogus, content)
+    with pytest.raises(CasdError) as caught:
+        train(TrainJob.from_params(tiny_params(resume=str(bogus))), data_root, Outputs.under(tmp_path))
+    message = user_error_message(caught.value)
+    assert message.startswith(f"{bogus}: not a training checkpoint") and "\n" not in message, message
+    assert not (tmp_path / "checkpoints" / "latest.pt").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
