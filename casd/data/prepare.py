@@ -241,17 +241,27 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
 
 # --------------------------------------------------------------------------- resize
 
-def _resize_one(job: tuple) -> Result:
-    """Decode, crop, resample and write one image atomically, unless its input digest is the recorded one."""
-    source, target, shown, known, size, crop_border, annotation_width, resample, quality = job
+def _read_input(source: str, target: str, known: str | None, shown: str,
+                what: str) -> tuple[bytes, str | None, Result | None]:
+    """(bytes, digest, result) of a job's input; ``result`` is the job's outcome when already decided (None: go
+    on): the input cannot be read, or ``target`` exists and was made from these bytes (``known`` digest)."""
     name = os.path.basename(target)
     try:
         data = Path(source).read_bytes()
     except OSError as e:
-        return name, None, (shown, None, f"cannot read: {e.strerror or e}")
+        problem = f"{what} not found" if isinstance(e, FileNotFoundError) else f"cannot read: {e.strerror or e}"
+        return b"", None, (name, None, (shown, None, problem))
     digest = _digest(data)
-    if digest == known and os.path.isfile(target):
-        return name, digest, None
+    return data, digest, (name, digest, None) if digest == known and os.path.isfile(target) else None
+
+
+def _resize_one(job: tuple) -> Result:
+    """Decode, crop, resample and write one image atomically, unless its input digest is the recorded one."""
+    source, target, shown, known, size, crop_border, annotation_width, resample, quality = job
+    data, digest, done = _read_input(source, target, known, shown, "image")
+    if done is not None:
+        return done
+    name = os.path.basename(target)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -306,16 +316,10 @@ def resize(data: DataConfig, split_dir: str | Path = PREPARED.split_dir, out_dir
 def _segment_one(job: tuple) -> Result:
     """Validate one LIP-20 map, merge it to 8 regions, fit it to the image frame and write it atomically."""
     source, target, known, size, expected, crop_border, frame_key = job
+    data, digest, done = _read_input(source, target, known, source, "parsing map")
+    if done is not None:
+        return done
     name = os.path.basename(target)
-    try:
-        data = Path(source).read_bytes()
-    except FileNotFoundError:
-        return name, None, (source, None, "parsing map not found")
-    except OSError as e:
-        return name, None, (source, None, f"cannot read: {e.strerror or e}")
-    digest = _digest(data)
-    if digest == known and os.path.isfile(target):
-        return name, digest, None
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
