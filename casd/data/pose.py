@@ -31,7 +31,6 @@ KEYPOINT_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist"
 # Limb (keypoint index pairs) of the 12 limb-distance channels, upstream LIMB_SEQ_DIS.
 LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13))
 NUM_LIMBS = len(LIMBS)
-POSE_CHANNELS = NUM_KEYPOINTS + NUM_LIMBS  # 30: the generator's pose input
 
 # Keypoint index of the mirrored joint under a horizontal flip (right <-> left).
 FLIP_PERMUTATION = (0, 1, 5, 6, 7, 2, 3, 4, 11, 12, 13, 8, 9, 10, 15, 14, 17, 16)
