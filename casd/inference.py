@@ -49,7 +49,8 @@ from casd.checkpoints import load_generator
 from casd.config import from_dict, load_params, resolve_device
 from casd.data.dataset import PairDataset, add_pose_input
 from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, PREPARED, REGION_NAMES, DataConfig,
-                              PreparedLayout, flat_stem, read_image, read_pairs, read_regions, rescale_keypoints)
+                              PreparedLayout, flat_stem, parsing_onehot, read_image, read_pairs, read_regions,
+                              rescale_keypoints)
 from casd.data.pose import PoseConfig, load_keypoints, pose_input
 from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import safe_name, write_json
@@ -98,7 +99,7 @@ def _image_tensor(picture: np.ndarray) -> torch.Tensor:
 
 def _onehot(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Region ids [H, W] -> float one-hot [8, H, W]."""
-    return F.one_hot(torch.as_tensor(np.asarray(ids), dtype=torch.long), NUM_REGIONS).permute(2, 0, 1).float()
+    return parsing_onehot(torch.as_tensor(np.asarray(ids), dtype=torch.long)[None])[0]
 
 
 def _parsing_tensor(parsing: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
