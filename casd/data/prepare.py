@@ -241,33 +241,36 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
 
 # --------------------------------------------------------------------------- resize
 
-def _read_input(source: str, target: str, known: str | None, shown: str,
-                what: str) -> tuple[bytes, str | None, Result | None]:
-    """(bytes, digest, result) of a job's input; ``result`` is the job's outcome when already decided (None: go
-    on): the input cannot be read, or ``target`` exists and was made from these bytes (``known`` digest)."""
+def _open_input(source: str, target: str, known: str | None, shown: str,
+                what: str) -> tuple[Image.Image | None, str | None, Result | None]:
+    """(decoded picture, digest, result) of a job's input; ``result`` is the job's outcome when already decided
+    (None: go on): the input cannot be read or decoded, or ``target`` exists and was made from these bytes
+    (``known``: the recorded digest)."""
     name = os.path.basename(target)
     try:
         data = Path(source).read_bytes()
     except OSError as e:
         problem = f"{what} not found" if isinstance(e, FileNotFoundError) else f"cannot read: {e.strerror or e}"
-        return b"", None, (name, None, (shown, None, problem))
+        return None, None, (name, None, (shown, None, problem))
     digest = _digest(data)
-    return data, digest, (name, digest, None) if digest == known and os.path.isfile(target) else None
+    if digest == known and os.path.isfile(target):
+        return None, digest, (name, digest, None)
+    try:
+        picture = Image.open(io.BytesIO(data))
+        picture.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return None, None, (name, None, (shown, None, f"corrupt or truncated {what} ({e})"))
+    return picture, digest, None
 
 
 def _resize_one(job: tuple) -> Result:
     """Decode, crop, resample and write one image atomically, unless its input digest is the recorded one."""
     source, target, shown, known, size, crop_border, annotation_width, resample, quality = job
-    data, digest, done = _read_input(source, target, known, shown, "image")
+    picture, digest, done = _open_input(source, target, known, shown, "image")
     if done is not None:
         return done
     name = os.path.basename(target)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            image = image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return name, None, (shown, None, f"corrupt or truncated image ({e})")
+    image = picture.convert("RGB")
     width, height = image.size
     cut = int(round(crop_border * width / annotation_width))
     if cut:
@@ -316,17 +319,11 @@ def resize(data: DataConfig, split_dir: str | Path = PREPARED.split_dir, out_dir
 def _segment_one(job: tuple) -> Result:
     """Validate one LIP-20 map, merge it to 8 regions, fit it to the image frame and write it atomically."""
     source, target, known, size, expected, crop_border, frame_key = job
-    data, digest, done = _read_input(source, target, known, source, "parsing map")
+    picture, digest, done = _open_input(source, target, known, source, "parsing map")
     if done is not None:
         return done
     name = os.path.basename(target)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            mode = image.mode
-            labels = np.asarray(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return name, None, (source, None, f"corrupt or truncated parsing map ({e})")
+    mode, labels = picture.mode, np.asarray(picture)
     if labels.ndim != 2 or mode not in ("L", "P", "I", "I;16"):
         return name, None, (source, None, f"parsing map has mode {mode}, expected one channel of label ids (L or P)")
     if labels.shape != tuple(expected):
