@@ -8,7 +8,6 @@ editor is a canvas whose value :func:`editor_to_keypoints` and
 :func:`keypoints_to_editor` convert to and from the prepared image frame.
 """
 
-import argparse
 import atexit
 import dataclasses
 import hashlib
@@ -646,31 +645,18 @@ def launch(studio: Studio, host: str = "127.0.0.1", port: int | None = None, *, 
     return page
 
 
-def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="casd app",
-        description="Pose transfer, try-on, head swap and style mixing in the browser (needs the [app] extra).")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                        help="generator checkpoint (default: %(default)s)")
-    parser.add_argument("--params", help="params file the checkpoint was trained with (default: params.yaml, "
-                                         "used only for what the checkpoint does not record)")
-    parser.add_argument("--data-root", default=str(DATA_ROOT), help="prepared data (default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+def serve(checkpoint: str | Path = DEFAULT_CHECKPOINT, *, params: str | Path | None = None,
+          data_root: str | Path = DATA_ROOT, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu") -> None:
+    """``casd app``: load ``checkpoint`` and serve the page until Ctrl+C; ``params`` as in ``casd generate``."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-    from casd.config import load_params
-
-    if not Path(args.checkpoint).is_file():
-        raise DataError(args.checkpoint, "checkpoint not found (train one: dvc repro train, or pass --checkpoint)")
-    params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
-    params = load_params(params_file) if params_file else None
-    synth = Synthesizer.from_checkpoint(args.checkpoint, params=params, data_root=args.data_root,
-                                        device=args.device, check=bool(args.params))
-    studio = Studio(synth, checkpoint=args.checkpoint)
+    if not Path(checkpoint).is_file():
+        raise DataError(checkpoint, "checkpoint not found (train one: dvc repro train, or pass --checkpoint)")
+    params_file = params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    synth = Synthesizer.from_checkpoint(checkpoint, params=params_file, data_root=data_root,
+                                        device=device, check=bool(params))
+    studio = Studio(synth, checkpoint=checkpoint)
     if not studio.names:
-        raise DataError(args.data_root, "no prepared images with parsing (run dvc repro segment first)")
-    print(f"casd app: http://{args.host}:{args.port}  (Ctrl+C stops it)", flush=True)
-    launch(studio, args.host, args.port, params=args.params, block=True)
+        raise DataError(data_root, "no prepared images with parsing (run dvc repro segment first)")
+    print(f"casd app: http://{host}:{port}  (Ctrl+C stops it)", flush=True)
+    launch(studio, host, port, params=params, block=True)

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import os
@@ -559,32 +558,3 @@ def import_upstream(source: str | os.PathLike, output: str | os.PathLike, *, net
         checkpoint["discriminators"] = discriminators
     save_checkpoint(output, checkpoint)
     return summary
-
-
-def import_cli(argv: list[str]) -> None:
-    """``casd import-checkpoint SRC DST``."""
-    parser = argparse.ArgumentParser(
-        prog="casd import-checkpoint",
-        description="Convert upstream CASD weights (latest_net_netG.pth, optionally the discriminators) into a "
-                    "project checkpoint for casd generate / casd test. Loaded with weights_only=True.")
-    parser.add_argument("source", metavar="SRC", help="upstream generator state dict (latest_net_netG.pth)")
-    parser.add_argument("output", metavar="DST", help="project checkpoint to write (e.g. models/upstream.pt)")
-    parser.add_argument("--netD-PB", dest="netd_pb", help="upstream latest_net_netD_PB.pth (image + pose critic)")
-    parser.add_argument("--netD-PP", dest="netd_pp", help="upstream latest_net_netD_PP.pth (image pair critic)")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=list(UPSTREAM_IMAGE_SIZE),
-                        help="frame the weights were trained at (default: %(default)s, upstream's DeepFashion)")
-    parser.add_argument("--pose-mode", choices=POSE_MODES, default="onehot",
-                        help="pose maps the weights expect (upstream: onehot)")
-    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    args = parser.parse_args(argv)
-    summary = import_upstream(args.source, args.output, netd_pb=args.netd_pb, netd_pp=args.netd_pp,
-                              image_size=tuple(args.image_size), pose_mode=args.pose_mode, overwrite=args.force)
-    config = ", ".join(f"{k}={v}" for k, v in summary["model_config"].items() if k not in CONFIG_FIELDS_NOT_IN_WEIGHTS)
-    print(f"{args.source} -> {summary['output']}")
-    print(f"  generator: {summary['generator_values']:,} values ({summary['trainable_values']:,} trainable, "
-          f"the rest the frozen VGG19)")
-    print(f"  model config: {config}")
-    print(f"  frame: {summary['image_size'][0]}x{summary['image_size'][1]}, pose maps {summary['pose_mode']}")
-    for role in ("d_pb", "d_pp"):
-        if f"{role}_values" in summary:
-            print(f"  {role}: {summary[f'{role}_values']:,} values")

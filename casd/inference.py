@@ -29,7 +29,6 @@ gives upstream's batch-of-one pictures.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import hashlib
@@ -46,11 +45,10 @@ from tqdm import tqdm
 
 from casd import control, visuals
 from casd.checkpoints import load_generator
-from casd.config import from_dict, load_params, resolve_device
+from casd.config import DEFAULT_PARAMS, from_dict, load_params, resolve_device
 from casd.data.dataset import PairDataset, add_pose_input
-from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, PREPARED, REGION_NAMES, DataConfig,
-                              PreparedLayout, flat_stem, parsing_onehot, read_image, read_pairs, read_regions,
-                              rescale_keypoints)
+from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, PREPARED, DataConfig, PreparedLayout, flat_stem,
+                              parsing_onehot, read_image, read_regions, rescale_keypoints)
 from casd.data.pose import PoseConfig, load_keypoints, pose_input
 from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import safe_name, write_json
@@ -202,11 +200,12 @@ class Synthesizer:
         dict) fills what it does not record (upstream files) and, with
         ``check``, must agree with it (ConfigError naming each difference).
         """
+        source = params if isinstance(params, (str, Path)) else DEFAULT_PARAMS
         if isinstance(params, (str, Path)):
             params = load_params(params)
         params = params or {}
         section, pose = dict(params.get("data") or {}), dict(params.get("pose") or {})
-        data = from_dict(DataConfig, section, "data")
+        data = from_dict(DataConfig, section, "data", source)
         params_size = data.image_size if "image_size" in section else None
         loaded = load_generator(path, device=resolve_device(str(device)))
         if check:
@@ -450,107 +449,6 @@ def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir
     return written
 
 
-def _parse_swaps(values: Sequence[str]) -> dict[str, str]:
-    swaps: dict[str, str] = {}
-    for value in values:
-        region, sep, donor = value.partition("=")
-        if not sep or not region or not donor:
-            raise CasdError(f"--swap expects REGION=IMAGE (e.g. upper_clothes=NAME.jpg), got {value!r}")
-        control.region_indices(region)
-        swaps[region.strip()] = donor.strip()
-    return swaps
-
-
-def _parse_parsing(values: Sequence[str], source: str | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values:
-        image, sep, png = value.partition("=")
-        if sep:
-            out[image] = png
-        elif source is None:
-            raise CasdError(f"--parsing {value}: give IMAGE=PNG (no --source to attach it to)")
-        else:
-            out[source] = value
-    return out
-
-
-def _output_folder(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CasdError(f"{out}: --out must be a folder, but a file of that name exists")
-    return out
-
-
-def generate_cli(argv: list[str]) -> None:
-    """``casd generate``."""
-    parser = argparse.ArgumentParser(
-        prog="casd generate",
-        description="Pose transfer, try-on (--swap upper_clothes=IMAGE), head swap (--swap head=IMAGE) and style "
-                    "interpolation (--mix IMAGE --alpha T [--regions hair,face]) with a trained checkpoint. "
-                    f"Regions: {', '.join(REGION_NAMES)}; groups: {', '.join(control.REGION_GROUPS)}.")
-    parser.add_argument("--checkpoint", required=True,
-                        help="generator file: models/generator.pt, checkpoints/*.pt, or upstream latest_net_netG.pth")
-    parser.add_argument("--source", help="person: prepared image name, or an image path with --parsing")
-    parser.add_argument("--pose", help="target pose: name of an annotated image, or a JSON file of 18 [y, x]")
-    parser.add_argument("--pairs", help="pairs CSV (from,to) of prepared names: a batch instead of --source/--pose")
-    parser.add_argument("--swap", action="append", default=[], metavar="REGION=IMAGE",
-                        help="take REGION's style from IMAGE (repeatable)")
-    parser.add_argument("--mix", metavar="IMAGE", help="interpolate style tokens towards this person")
-    parser.add_argument("--alpha", type=float, help="--mix amount: 0 = source, 1 = the other person (default 0.5)")
-    parser.add_argument("--regions", help="--mix only these regions (comma-separated), default all")
-    parser.add_argument("--parsing", action="append", default=[], metavar="[IMAGE=]PNG",
-                        help="parsing (merged ids 0..7) of an image given by path; plain PNG = the source's")
-    parser.add_argument("--out", default="reports/generate", help="output folder (default: %(default)s)")
-    parser.add_argument("--params", help="params file the checkpoint was trained with: its model, data.image_size "
-                                         "and pose sections must match the checkpoint (default: params.yaml, "
-                                         "used only for what the checkpoint does not record)")
-    parser.add_argument("--data-root", default=str(DATA_ROOT), help="prepared data (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    parser.add_argument("--no-strip", action="store_true", help="write only the generated images")
-    parser.add_argument("--strip-scale", type=int, default=1, metavar="N",
-                        help="enlarge the strip N times (nearest neighbour) and caption its panels when N > 1")
-    args = parser.parse_args(argv)
-
-    if args.pairs and (args.source or args.pose):
-        raise CasdError("give either --pairs or --source with --pose, not both")
-    if not args.pairs and not (args.source and args.pose):
-        raise CasdError("give --source and --pose (or --pairs CSV)")
-    if args.regions and not args.mix:
-        raise CasdError("--regions applies to --mix; for a swap name the region in --swap REGION=IMAGE")
-    if args.alpha is not None and args.mix is None:
-        raise CasdError("--alpha applies to --mix IMAGE; without --mix it would be ignored")
-    alpha = 0.5 if args.alpha is None else args.alpha
-    if not 0.0 <= alpha <= 1.0:
-        raise CasdError(f"--alpha must lie in [0, 1], got {alpha}")
-    if args.batch_size < 1:
-        raise CasdError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.regions:
-        control.region_indices(args.regions)
-    swaps = _parse_swaps(args.swap)
-    out = _output_folder(args.out)
-    device = resolve_device(args.device)
-
-    # An explicit --params must match the checkpoint; the implicit params.yaml only fills gaps.
-    params_file = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
-    params = load_params(params_file) if params_file else None
-    synth = Synthesizer.from_checkpoint(args.checkpoint, params=params, data_root=args.data_root, device=device,
-                                        check=bool(args.params), parsing=_parse_parsing(args.parsing, args.source))
-    if args.pairs:
-        pairs = read_pairs(args.pairs)
-        if not pairs:
-            raise DataError(args.pairs, "no pairs")
-    else:
-        pairs = [(args.source, args.pose)]
-    written = generate_pairs(synth, pairs, out, swaps=swaps, mix=args.mix, alpha=alpha, regions=args.regions,
-                             batch_size=args.batch_size, strips=not args.no_strip,
-                             strip_scale=max(1, args.strip_scale), labels=args.strip_scale > 1)
-    for path in written[:4]:
-        print(path)
-    if len(written) > 4:
-        print(f"... {len(written)} files in {out}")
-
-
 # --------------------------------------------------------------------------- the test stage
 
 @dataclasses.dataclass
@@ -588,10 +486,11 @@ class GenerationJob:
     strips_dir: Path = STRIPS_DIR
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "GenerationJob":
-        data = from_dict(DataConfig, params.get("data"), "data")
-        return cls(config=from_dict(GenerationConfig, params.get("test"), "test"),
-                   image_size=tuple(data.image_size), pose=from_dict(PoseConfig, params.get("pose"), "pose"),
+    def from_params(cls, params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> "GenerationJob":
+        """The sections of params file ``source`` (read into ``params``) the test stage uses."""
+        data = from_dict(DataConfig, params.get("data"), "data", source)
+        return cls(config=from_dict(GenerationConfig, params.get("test"), "test", source),
+                   image_size=tuple(data.image_size), pose=from_dict(PoseConfig, params.get("pose"), "pose", source),
                    model=dict(params.get("model") or {}))
 
 
@@ -765,28 +664,3 @@ def run_test(job: GenerationJob) -> dict:
           f"{manifest['skipped']} already there{rate}); predicted parsing -> {job.parsing_dir}; "
           f"strips -> {job.strips_dir}", flush=True)
     return manifest
-
-
-def run_from_params(params_path: str | Path = "params.yaml") -> dict:
-    """The test stage: params.yaml -> :func:`run_test` with the standard paths."""
-    return run_test(GenerationJob.from_params(load_params(params_path)))
-
-
-def run_test_cli(argv: list[str]) -> None:
-    """``casd test``: generate every test pair (the test stage)."""
-    parser = argparse.ArgumentParser(prog="casd test", description="Generate every test pair (the test stage).")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--checkpoint", help="override test.checkpoint")
-    parser.add_argument("--batch-size", type=int, help="override test.batch_size")
-    parser.add_argument("--device", help="override test.device")
-    args = parser.parse_args(argv)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise CasdError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.device is not None:
-        resolve_device(args.device)
-    job = GenerationJob.from_params(load_params(args.params))
-    overrides = {k: v for k, v in {"checkpoint": args.checkpoint, "batch_size": args.batch_size,
-                                   "device": args.device}.items() if v is not None}
-    if overrides:
-        job = dataclasses.replace(job, config=dataclasses.replace(job.config, **overrides))
-    run_test(job)

@@ -23,10 +23,8 @@ place, so a failed or corrupt download leaves nothing behind).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -240,45 +238,3 @@ def status(key: str, explicit: str | os.PathLike | None = None) -> str:
         return "MISSING" if "not found" in str(e) else f"BAD ({e})"
     checked = "checksum verified" if (w.sha256 or w.sha256_prefix) else "unverified: no published checksum"
     return f"present at {path} ({checked})"
-
-
-def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="casd weights", description=__doc__.splitlines()[0])
-    parser.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
-    parser.add_argument("keys", nargs="*", metavar="KEY", help=f"files to fetch (default: all): {', '.join(REGISTRY)}")
-    parser.add_argument("--dest", help="fetch into this folder instead of each file's standard folder")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a server")
-    args = parser.parse_args(argv)
-    unknown = [k for k in args.keys if k not in REGISTRY]
-    if unknown:
-        raise WeightsError(f"unknown pretrained file(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
-    keys = args.keys or list(REGISTRY)
-    if args.action == "list":
-        for key in keys:
-            w = REGISTRY[key]
-            where = ", ".join(map(str, search_paths(key))) or "(lpips package not installed)"
-            print(f"{w.filename}  [{w.key}]{'  ~' + w.size_hint if w.size_hint else ''}\n"
-                  f"  used by:   {w.used_by}\n  expected:  {w.expected()}\n  source:    {w.url}\n"
-                  f"  looked in: {where}\n  status:    {status(key)}")
-        return
-    failed = 0
-    if not args.keys:
-        for key in [k for k in keys if not REGISTRY[k].fetch_by_default]:
-            print(f"skipped  {REGISTRY[key].filename}: not used by default; `casd weights fetch {key}` gets it")
-        keys = [k for k in keys if REGISTRY[k].fetch_by_default]
-    for key in keys:
-        w = REGISTRY[key]
-        try:
-            path = fetch(key, args.dest, timeout=args.timeout)
-        except WeightsError as e:
-            failed += 1
-            print(f"FAILED   {e}", file=sys.stderr)
-            continue
-        note = "" if (w.sha256 or w.sha256_prefix) else f" (unverified, SHA-256 {sha256(path)})"
-        print(f"ok       {w.filename}: {path}{note}")
-    if failed:
-        raise WeightsError(f"{failed} of {len(keys)} pretrained file(s) could not be fetched")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    cli_main(sys.argv[1:])

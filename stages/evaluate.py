@@ -1,7 +1,6 @@
 """Stage: scores of the generated test pairs (image metrics, region colours, predicted parsing), the report, MLflow."""
 
-from casd.config import run_stage
-from casd.evaluation.evaluate import run_from_params
+from casd.stages import main
 
 if __name__ == "__main__":
-    run_stage(run_from_params)
+    main("evaluate")

@@ -1,7 +1,6 @@
 """Stage split: listed raw images -> data/split/{train,test}/<flat name>.jpg + validated pairs CSVs."""
 
-from casd.config import run_stage
-from casd.data.prepare import split_from_params
+from casd.stages import main
 
 if __name__ == "__main__":
-    run_stage(split_from_params)
+    main("split")

@@ -4,8 +4,7 @@
     torchrun --nproc_per_node=N stages/train.py     # N processes, DistributedDataParallel
 """
 
-from casd.config import run_stage
-from casd.train import run_from_params
+from casd.stages import main
 
 if __name__ == "__main__":
-    run_stage(run_from_params)
+    main("train")

@@ -56,10 +56,9 @@ def test_cli_os_error_of_a_command_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     out = blocker / "sub"
-    script = ("import sys, types, pathlib, casd.cli as cli;"
-              "m = types.ModuleType('m');"
-              f"m.run = lambda argv: pathlib.Path({str(out)!r}).mkdir(parents=True);"
-              "sys.modules['m'] = m; cli.COMMANDS['mk'] = ('m', 'run', ''); cli.main(['mk'])")
+    script = ("import argparse, pathlib, casd.cli as cli;"
+              f"run = lambda args: pathlib.Path({str(out)!r}).mkdir(parents=True);"
+              "cli.COMMANDS['mk'] = cli.Command('', argparse.ArgumentParser, run); cli.main(['mk'])")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

@@ -26,11 +26,7 @@ where there is internet. Nothing is downloaded implicitly.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -44,7 +40,7 @@ from casd.annotate.parsing import INPUT_SIZE, ParserConfig, SCHPParser, load_par
 from casd.annotate.pose import DEFAULT_THRESHOLD, PoseEstimator, coco_to_openpose
 from casd.data.layout import (IMAGE_TREE, PARSING_TREE, PHASES, annotation_file, flat_name, flat_stem, list_file,
                               merge_parsing, pairs_file, read_list, read_pairs, write_annotations, write_pairs)
-from casd.errors import CasdError, DataError, WeightsError
+from casd.errors import DataError, WeightsError
 from casd.fileio import atomic_path, write_json, write_text
 
 # The pretrained files annotation needs (keys of casd.weights.REGISTRY).
@@ -266,32 +262,3 @@ def annotate_deepfashion(src: str | Path, out_root: str | Path, annotator: Annot
         if not (out_root / pairs_file(phase)).is_file():
             write_pairs(out_root / pairs_file(phase), [])
     return {f"{phase}_images": len(lists.get(phase, [])) for phase in PHASES}
-
-
-def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="casd annotate", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Photos -> the person framed at 256x176, 18 OpenPose keypoints and LIP-20 parsing, in the "
-                    "dataset's formats.", epilog="Outputs:" + __doc__.split("Outputs of")[1].split("\n", 1)[1])
-    parser.add_argument("photos", nargs="*", help="photo files or folders of photos")
-    parser.add_argument("--out", default="reports/annotate", help="output folder (default: reports/annotate)")
-    parser.add_argument("--deepfashion", metavar="SRC",
-                        help="annotate a DeepFashion-layout folder into a complete data.root at --out")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    args = parser.parse_args(argv)
-    if bool(args.photos) == bool(args.deepfashion):
-        raise CasdError("casd annotate: give either photos or --deepfashion SRC")
-    if args.photos:
-        photos = expand_photos(args.photos)  # a typo fails before the models load
-    annotator = Annotator.from_weights(args.device)
-    start = time.perf_counter()
-    if args.deepfashion:
-        counts = annotate_deepfashion(args.deepfashion, args.out, annotator)
-        print(f"annotate: {json.dumps(counts)} -> {args.out} (data.root)")
-    else:
-        table = annotate(photos, args.out, annotator)
-        print(f"annotate: {len(table)} photo(s) -> {args.out} in {time.perf_counter() - start:.1f} s")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    cli_main(sys.argv[1:])

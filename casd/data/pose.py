@@ -8,7 +8,6 @@ limb whose two joints fall on one pixel uses the distance to that point (upstrea
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from casd.config import from_dict, load_params
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt
 from casd.data.layout import (NUM_KEYPOINTS, PHASES, PREPARED, REPORTS_DIR, DataConfig, ErrorPolicy, InputGuard,
@@ -230,20 +228,3 @@ def export_upstream_npy(names: list[str], keypoints: np.ndarray, size: tuple[int
                         np.save(tmp, array)
     finally:
         remove_temp_files(out_dir)
-
-
-def run_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
-    """The ``pose`` stage: params.yaml -> :func:`extract_pose`."""
-    params = load_params(params_path)
-    data = from_dict(DataConfig, params.get("data"), "data")
-    pose = from_dict(PoseConfig, params.get("pose"), "pose")
-    counts = extract_pose(data, pose)
-    print(f"pose: {counts.get('train', 0)} train, {counts.get('test', 0)} test keypoint sets -> {PREPARED.pose_dir}")
-    return counts
-
-
-def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="casd pose", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    run_from_params(args.params)

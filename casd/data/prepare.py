@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import filecmp
 import hashlib
@@ -21,7 +20,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from casd.config import from_dict, load_params
 from casd.errors import DataError
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json
 from casd.data.layout import (IMAGE_TREE, LIP_TO_REGION, PARSING_TREE, PHASES, PREPARED, REPORTS_DIR, DataConfig,
@@ -390,49 +388,3 @@ def segment(data: DataConfig, raw_dir: str | Path | None = None, split_dir: str 
     counts["links"] = guard.links
     policy.write_report("segment", reports_dir)
     return counts
-
-
-# --------------------------------------------------------------------------- stage entry points
-
-def _data_config(params_path: str | Path) -> DataConfig:
-    return from_dict(DataConfig, load_params(params_path).get("data"), "data")
-
-
-def split_from_params(params_path: str | Path = "params.yaml") -> dict[str, object]:
-    summary = split(_data_config(params_path))
-    print("split: " + ", ".join(f"{p} {summary[p]['placed']} images / {summary[p]['pairs']} pairs"  # type: ignore
-                                for p in PHASES)
-          + f", {summary['links']} links followed, {summary['skipped']} skipped -> {PREPARED.split_dir}")
-    return summary
-
-
-def resize_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
-    data = _data_config(params_path)
-    counts = resize(data)
-    print(f"resize: {counts} at {data.image_size[0]}x{data.image_size[1]} ({data.resize_filter}) "
-          f"-> {PREPARED.resized_dir}")
-    return counts
-
-
-def segment_from_params(params_path: str | Path = "params.yaml") -> dict[str, int]:
-    counts = segment(_data_config(params_path))
-    print(f"segment: {counts} -> {PREPARED.parsing_dir}")
-    return counts
-
-
-def _cli(prog: str, function: Callable[[str], object], argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"casd {prog}", description=f"the {prog} stage (see casd.data.prepare)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    function(parser.parse_args(argv).params)
-
-
-def split_cli(argv: list[str]) -> None:
-    _cli("split", split_from_params, argv)
-
-
-def resize_cli(argv: list[str]) -> None:
-    _cli("resize", resize_from_params, argv)
-
-
-def segment_cli(argv: list[str]) -> None:
-    _cli("segment", segment_from_params, argv)

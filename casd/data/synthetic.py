@@ -8,10 +8,8 @@ pose): the same seed gives byte-identical files whatever the worker count.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
-import json
 import math
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,7 +18,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from casd.config import from_dict, load_params
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, write_json, write_text
 from casd.data.layout import (IMAGE_TREE, NUM_KEYPOINTS, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR,
@@ -635,26 +632,3 @@ def run(data: DataConfig, config: SynthConfig, out_dir: str | Path = SYNTH_RAW_D
     if data.source == "deepfashion":
         return validate_source(data.root, out_dir)
     return generate(config, data.annotation_size, out_dir, data.workers)
-
-
-def run_from_params(params_path: str | Path = "params.yaml") -> dict[str, object]:
-    params = load_params(params_path)
-    data = from_dict(DataConfig, params.get("data"), "data")
-    config = from_dict(SynthConfig, params.get("synth"), "synth")
-    result = run(data, config)
-    print(f"synth: {json.dumps(result, sort_keys=True)}")
-    return result
-
-
-def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="casd synth", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--out", default=None, help="write the synthetic set here instead of data/raw")
-    args = parser.parse_args(argv)
-    if args.out is None:
-        run_from_params(args.params)
-        return
-    params = load_params(args.params)
-    data = from_dict(DataConfig, params.get("data"), "data")
-    config = from_dict(SynthConfig, params.get("synth"), "synth")
-    print(f"synth: {json.dumps(generate(config, data.annotation_size, args.out, data.workers), sort_keys=True)}")

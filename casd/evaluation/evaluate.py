@@ -8,7 +8,6 @@ stdout and in MLflow tags. ``baseline``: the same scores for a model that return
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from casd import weights
-from casd.config import from_dict, load_params, resolve_device
+from casd.config import from_dict, resolve_device
 from casd.data.layout import (NUM_REGIONS, PREPARED, REGION_NAMES, flat_stem, parsing_file_name, read_image,
                               read_pairs, read_regions)
 from casd.errors import ConfigError, DataError, WeightsError
@@ -667,72 +666,3 @@ def evaluate_folder(generated: str | Path, config: EvaluateConfig, paths: Evalua
         written.append(Path(report))
     _say(evaluation, written)
     return evaluation
-
-
-def run_from_params(params_path: str | Path = "params.yaml") -> Evaluation:
-    """The evaluate stage: params.yaml -> :func:`evaluate` with the standard paths."""
-    params = load_params(params_path)
-    return evaluate(from_dict(EvaluateConfig, params.get("evaluate"), "evaluate"), params=params)
-
-
-def cli_main(argv: list[str]) -> None:
-    """``casd evaluate``: the evaluate stage, or ``--generated DIR`` to score any folder of pictures."""
-    parser = argparse.ArgumentParser(
-        prog="casd evaluate", description="Score generated pictures under the field's protocol.",
-        epilog="Without --generated: the evaluate stage (data/generated, metrics/eval.json, reports/).")
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file whose evaluate section sets the protocol (default: params.yaml)")
-    parser.add_argument("--no-mlflow", action="store_true", help="stage: do not log to MLflow")
-    parser.add_argument("--generated", type=Path, help="folder of generated pictures to score")
-    parser.add_argument("--pairs", type=Path, help="pairs CSV (from,to); default: every picture in --generated")
-    parser.add_argument("--out", type=Path, help="JSON of numbers, protocol and skip reasons "
-                                                 "(default: reports/eval-<folder name>.json)")
-    parser.add_argument("--report", type=Path, help="also write an HTML report here")
-    parser.add_argument("--ground-truth", type=Path, default=EvaluatePaths.test_images,
-                        help="ground-truth and source images, by name (default: data/resized/test)")
-    parser.add_argument("--train-images", type=Path, default=EvaluatePaths.train_images,
-                        help="training images: FID reference and mean colours (default: data/resized/train)")
-    parser.add_argument("--parsing", type=Path, default=EvaluatePaths.parsing,
-                        help="parsing maps <dir>/{train,test}/<stem>.png (default: data/parsing)")
-    parser.add_argument("--predicted-parsing", type=Path, help="predicted target parsing <from>___<to>.png")
-    parser.add_argument("--pattern", action="append", dest="patterns",
-                        help="file naming with {from} and {to} (stems), repeatable "
-                             f"(default: {' and '.join(DEFAULT_PATTERNS)})")
-    parser.add_argument("--panel", help="INDEX/COUNT: score panel INDEX (0-based) of COUNT equal-width panels "
-                                        "(default: 6/7 for upstream's _vis.jpg strips, whole picture otherwise)")
-    protocol = parser.add_argument_group("protocol (default: the params file's evaluate section)")
-    protocol.add_argument("--image-size", help="HxW scored at, e.g. 256x176 (default: the ground truth's size)")
-    protocol.add_argument("--resize-filter", choices=list(RESIZE_FILTERS), help="PIL filter (default bicubic)")
-    protocol.add_argument("--fid-reference", choices=["train", "test"], help="FID reference set (default train)")
-    protocol.add_argument("--reference-format", choices=["any", "jpg", "png"], help="FID reference files (any)")
-    protocol.add_argument("--ssim-data-range", choices=["generated", "fixed"], help="ssim's range (generated)")
-    protocol.add_argument("--lpips-net", choices=list(LPIPS_TRUNKS), help="LPIPS network (alex)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params) if Path(args.params).is_file() or args.generated is None else {}
-    section = dict(params.get("evaluate") or {})
-    if args.generated is None:
-        evaluate(from_dict(EvaluateConfig, section, "evaluate"), params=params, track=not args.no_mlflow)
-        return
-    if args.image_size:
-        try:
-            section["image_size"] = [int(v) for v in args.image_size.lower().split("x")]
-        except ValueError:
-            raise ConfigError(f"--image-size must be HxW, got {args.image_size!r}") from None
-    for name in ("resize_filter", "fid_reference", "reference_format", "ssim_data_range", "lpips_net"):
-        if getattr(args, name) is not None:
-            section[name] = getattr(args, name)
-    panel = None
-    if args.panel:
-        try:
-            index, count = (int(v) for v in args.panel.split("/"))
-        except ValueError:
-            raise ConfigError(f"--panel must be INDEX/COUNT, got {args.panel!r}") from None
-        if not 0 <= index < count:
-            raise ConfigError(f"--panel {args.panel}: INDEX must lie in 0..COUNT-1")
-        panel = (index, count)
-    paths = dataclasses.replace(EvaluatePaths(), test_images=args.ground_truth, train_images=args.train_images,
-                                parsing=args.parsing, predicted_parsing=args.predicted_parsing)
-    out = args.out or Path("reports") / f"eval-{Path(args.generated).resolve().name}.json"
-    evaluate_folder(args.generated, from_dict(EvaluateConfig, section, "evaluate"), paths, out,
-                    pairs_csv=args.pairs, patterns=args.patterns or DEFAULT_PATTERNS, panel=panel,
-                    report=args.report)

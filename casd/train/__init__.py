@@ -5,7 +5,6 @@
 """
 
 from casd.train.job import Outputs, TrainConfig, TrainJob, lr_factor
-from casd.train.loop import NonFiniteLossError, Trainer, cli_main, run_from_params, train
+from casd.train.loop import NonFiniteLossError, Trainer, train
 
-__all__ = ["NonFiniteLossError", "Outputs", "TrainConfig", "TrainJob", "Trainer", "cli_main", "lr_factor",
-           "run_from_params", "train"]
+__all__ = ["NonFiniteLossError", "Outputs", "TrainConfig", "TrainJob", "Trainer", "lr_factor", "train"]

@@ -9,7 +9,6 @@ One iteration::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import time
@@ -21,7 +20,6 @@ from torch import nn
 from tqdm import tqdm
 
 from casd.checkpoints import save_checkpoint
-from casd.config import load_params
 from casd.data.dataset import EpochPairSampler, PairBatch, PairDataset
 from casd.data.layout import PREPARED, PreparedLayout
 from casd.errors import CasdError, ConfigError
@@ -427,15 +425,3 @@ def finish_outputs(trainer: "Trainer") -> dict:
 def train(job: TrainJob, data_root: str | Path = PREPARED.root, outputs: Outputs | None = None) -> dict:
     """Train (or resume and finish) ``job``; returns the summary metrics."""
     return Trainer(job, data_root, outputs).run()
-
-
-def run_from_params(params_path: str | Path = "params.yaml") -> dict:
-    """The train stage: params.yaml -> :func:`train` with the standard outputs."""
-    return train(TrainJob.from_params(load_params(params_path)))
-
-
-def cli_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="casd train", description="Train the CASD generator (the train stage).")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    run_from_params(args.params)
