@@ -14,7 +14,8 @@ import yaml
 from casd import stages
 from casd.cli import COMMANDS, main as casd_main
 from casd.config import Params, load_params
-from casd.train import TrainJob
+from casd.errors import ConfigError
+from casd.train import Outputs, Trainer, TrainJob
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -133,6 +134,18 @@ def test_typed_sections_name_their_file(tmp_path):
         TrainJob.from_params(params.values, params.path)
     with pytest.raises(Exception, match=r"^params\.yaml \[train\]: lr must be > 0"):
         TrainJob.from_params(params.values)  # a mapping of unknown origin: the default name
+
+
+@pytest.mark.parametrize("train, fragment", [({"resume": "gone.pt"}, "resume 'gone.pt': no such checkpoint"),
+                                             ({"norm_batch_chunks": 3}, "batch_size 4 is not divisible")])
+def test_config_errors_found_when_training_starts_name_the_params_file(train, fragment, tmp_path):
+    from helpers import SIZE, tiny_params, write_prepared
+
+    write_prepared(tmp_path / "data", size=tuple(SIZE))
+    job = TrainJob.from_params(tiny_params(**train), tmp_path / "other.yaml")
+    with pytest.raises(ConfigError) as error:
+        Trainer(job, tmp_path / "data", Outputs.under(tmp_path / "out"))
+    assert str(error.value).startswith(f"{tmp_path / 'other.yaml'} [train]: ") and fragment in str(error.value)
 
 
 def test_a_stage_script_ends_a_user_error_in_one_line(tmp_path):

@@ -101,6 +101,7 @@ class TrainJob:
     image_size: tuple[int, int]       # data.image_size (H, W)
     pose: PoseConfig = field(default_factory=PoseConfig)  # pose: (how the pose input is rendered)
     params: dict = field(default_factory=dict)  # the whole params.yaml, logged to MLflow
+    params_file: Path = DEFAULT_PARAMS          # the file ``params`` came from, named in config errors
 
     @classmethod
     def from_params(cls, params: dict, source: str | Path = DEFAULT_PARAMS) -> "TrainJob":
@@ -112,7 +113,7 @@ class TrainJob:
         return cls(train=section(TrainConfig, "train"), model=section(GeneratorConfig, "model"),
                    loss=section(LossConfig, "loss"), tracking=section(TrackingConfig, "tracking"),
                    image_size=tuple(data.image_size), pose=section(PoseConfig, "pose"),
-                   params=params)
+                   params=params, params_file=Path(source))
 
     def logged_params(self) -> dict:
         """params.yaml with every default of the train / model / loss / tracking sections filled in."""

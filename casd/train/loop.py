@@ -121,7 +121,7 @@ class Trainer:
         self.fingerprint = train_state.fingerprint(job, self.data_root)
         self.resumed_from: Path | None = None
         found = train_state.resume_state(self.cfg.resume, self.out.checkpoint_dir, self.fingerprint,
-                                         announce=self.dist.main)
+                                         announce=self.dist.main, params_file=job.params_file)
         if found:
             self.restore(*found)
         self._wrap_models()
@@ -138,11 +138,12 @@ class Trainer:
         self.dist = distributed.init_distributed(cfg.device)
         self.device = distributed.training_device(cfg.device, self.dist)
         if cfg.batch_size % (self.dist.world_size * cfg.norm_batch_chunks):
-            raise ConfigError(f"params.yaml [train]: batch_size {cfg.batch_size} is not divisible by the "
+            raise ConfigError(f"{self.job.params_file} [train]: batch_size {cfg.batch_size} is not divisible by the "
                               f"{self.dist.world_size} processes x {cfg.norm_batch_chunks} norm_batch_chunks")
         self.batch_per_rank = cfg.batch_size // self.dist.world_size
         if cfg.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("params.yaml [train]: amp bf16 but this GPU does not support bfloat16; use fp16")
+            raise ConfigError(f"{self.job.params_file} [train]: amp bf16 but this GPU does not support bfloat16; "
+                              "use fp16")
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 

@@ -82,8 +82,9 @@ def fingerprint(job: TrainJob, data_root: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def resume_state(spec: str, checkpoint_dir: Path, current_fingerprint: str, announce: bool) -> tuple[dict, Path] | None:
-    """The checkpoint ``train.resume`` asks for, as (state, path); None to start from scratch.
+def resume_state(spec: str, checkpoint_dir: Path, current_fingerprint: str, announce: bool,
+                 params_file: str | Path = "params.yaml") -> tuple[dict, Path] | None:
+    """The checkpoint ``train.resume`` (of ``params_file``) asks for, as (state, path); None to start from scratch.
 
     ``auto``: ``latest.pt`` when it exists and was written with the same settings and data (otherwise the
     run starts over and, if ``announce``, says so); a path: that checkpoint (other settings only warn).
@@ -93,7 +94,7 @@ def resume_state(spec: str, checkpoint_dir: Path, current_fingerprint: str, anno
     path = checkpoint_dir / "latest.pt" if spec == "auto" else Path(spec)
     if not path.is_file():
         if spec != "auto":
-            raise ConfigError(f"params.yaml [train]: resume {spec!r}: no such checkpoint")
+            raise ConfigError(f"{params_file} [train]: resume {spec!r}: no such checkpoint")
         return None
     state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
