@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
+from casd.data.layout import GENERATOR_SIZE_MULTIPLE, size_problem
 from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import atomic_path
 from casd.models.discriminator import Discriminator
@@ -454,12 +455,9 @@ def _project_generator(path: Path, state: Mapping[str, Any]) -> LoadedGenerator:
         raise DataError(path, f"generator weights do not fit the file's own model configuration: {problem}")
     image_size = state.get("image_size")
     if image_size is not None:
-        if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
-            raise DataError(path, f"image_size must be [H, W] positive integers, got {image_size!r}")
-        if image_size[0] % 4 or image_size[1] % 4:
-            raise DataError(path, f"image_size {list(image_size)}: the generator needs a height and width "
-                                  f"divisible by 4 (two down-samplings)")
+        problem = size_problem(image_size, GENERATOR_SIZE_MULTIPLE)
+        if problem:
+            raise DataError(path, f"image_size must be {problem}, got {image_size!r}")
         image_size = (int(image_size[0]), int(image_size[1]))
     pose_mode = state.get("pose_mode")
     if pose_mode is not None and pose_mode not in POSE_MODES:
@@ -526,9 +524,9 @@ def import_upstream(source: str | os.PathLike, output: str | os.PathLike, *, net
             raise CasdError(f"{output}: the destination is the {role} file being imported; give another path")
     if output.exists() and not overwrite:
         raise CasdError(f"{output}: already exists; pass --force to overwrite it")
-    if image_size[0] % 4 or image_size[1] % 4 or min(image_size) < 4:
-        raise CasdError(f"--image-size {image_size[0]} {image_size[1]}: height and width must be positive and "
-                        f"divisible by 4")
+    problem = size_problem(tuple(image_size), GENERATOR_SIZE_MULTIPLE)
+    if problem:
+        raise CasdError(f"--image-size {' '.join(map(str, image_size))}: must be {problem}")
     loaded = _upstream_generator(Path(source), load_upstream_file(source))
     generator, config = loaded.generator, loaded.config
     checkpoint: dict[str, Any] = {

@@ -124,7 +124,7 @@ CASES = [
         "{tmp}/evil.pth: refused: it holds a Python object (builtins.print)", _malicious(4)),
     row("generate-image-size-not-divisible-by-4",
         f"generate --checkpoint {{tmp}}/changed.pt --data-root {{data}} {PAIR}",
-        "{tmp}/changed.pt: image_size [63, 45]: the generator needs a height and width divisible by 4",
+        "{tmp}/changed.pt: image_size must be [H, W] divisible by 4 (the generator down-samples twice), got [63, 45]",
         _checkpoint_with(image_size=[63, 45])),
     row("generate-state-dict-key-missing", f"generate --checkpoint {{tmp}}/missing.pt --data-root {{data}} {PAIR}",
         "{tmp}/missing.pt: generator weights do not fit the file's own model configuration: "
@@ -153,6 +153,8 @@ CASES = [
         "{tmp}/latest_net_netG.pth: does not match the CASD generator", _upstream_missing_key),
     row("import-source-is-destination", "import-checkpoint {upstream} {upstream}",
         "{upstream}: the destination is the generator file being imported"),
+    row("import-image-size-not-divisible-by-4", "import-checkpoint {upstream} {tmp}/out.pt --image-size 63 45",
+        "--image-size 63 45: must be [H, W] divisible by 4"),
     row("import-existing-destination", "import-checkpoint {upstream} {tmp}/upstream.pt",
         "{tmp}/upstream.pt: already exists; pass --force to overwrite it", _existing_destination),
     # casd test

@@ -194,6 +194,8 @@ def test_data_config_validation(tmp_path):
         DataConfig(on_error="ignore")
     with pytest.raises(ConfigError, match="image_size"):
         DataConfig(image_size=(64,))
+    with pytest.raises(ConfigError, match=r"image_size must be \[H, W\] positive integers, got 64"):
+        DataConfig(image_size=64)
     with pytest.raises(ConfigError, match="outside data/raw"):
         DataConfig(source="deepfashion", root="data/raw")
     with pytest.raises(ConfigError, match="with source: synthetic, root must be data/raw"):

@@ -141,6 +141,18 @@ class PreparedLayout:
 
 PREPARED = PreparedLayout()
 
+GENERATOR_SIZE_MULTIPLE = 4  # image height and width: the generator down-samples twice
+
+
+def size_problem(size: object, multiple: int = 1) -> str | None:
+    """What ``size`` should be when it is not [H, W] positive integers, each divisible by ``multiple``; else None."""
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        return "[H, W] positive integers"
+    if size[0] % multiple or size[1] % multiple:
+        return f"[H, W] divisible by {multiple} (the generator down-samples twice)"
+    return None
+
 # --------------------------------------------------------------------------- config
 
 RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}
@@ -182,13 +194,11 @@ class DataConfig:
                              ("parsing_frame", ("annotation", "image"))):
             if getattr(self, key) not in choices:
                 raise bad(key, " or ".join(choices))
-        for key in ("image_size", "annotation_size"):
-            value = tuple(getattr(self, key))
-            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-                raise bad(key, "[H, W] positive integers")
-            setattr(self, key, value)
-        if self.image_size[0] % 4 or self.image_size[1] % 4:
-            raise bad("image_size", "[H, W] divisible by 4 (the generator down-samples twice)")
+        for key, multiple in (("image_size", GENERATOR_SIZE_MULTIPLE), ("annotation_size", 1)):
+            problem = size_problem(getattr(self, key), multiple)
+            if problem:
+                raise bad(key, problem)
+            setattr(self, key, tuple(getattr(self, key)))
         if not isinstance(self.crop_border, int) or not 0 <= 2 * self.crop_border < self.annotation_size[1]:
             raise bad("crop_border", "an integer in [0, W_ann/2)")
         if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
