@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from casd.config import DEFAULT_PARAMS, Params, from_dict
-from casd.errors import CasdError, ConfigError, DataError, WeightsError, user_error_message
+from casd.config import DEFAULT_PARAMS, Params, from_dict, run_stage
+from casd.errors import CasdError, ConfigError, DataError, WeightsError
 
 
 class Command(NamedTuple):
@@ -470,18 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"casd: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     command = COMMANDS[name]
-    try:
-        command.run(command.parser().parse_args(rest))
-    except Exception as e:
-        message = user_error_message(e)
-        if message is None:  # a bug: keep the traceback
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
+    run_stage(lambda: command.run(command.parser().parse_args(rest)))
 
 if __name__ == "__main__":
     main()

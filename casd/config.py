@@ -125,8 +125,8 @@ def resolve_device(spec: str, local_rank: int | None = None):
 
 
 def run_stage(main: Callable[[], Any]) -> None:
-    """Run a stage's ``main``; a user-caused error (see ``user_error_message``) becomes one line on stderr
-    and exit status 1; anything else is a bug and keeps its traceback."""
+    """Run a stage's or a command's ``main``; a user-caused error (see ``user_error_message``) becomes one
+    line on stderr and exit status 1; anything else is a bug and keeps its traceback."""
     try:
         main()
     except Exception as e:
