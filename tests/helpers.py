@@ -1,14 +1,31 @@
-"""Helpers shared by several test modules: a tiny prepared dataset written directly, tiny training params."""
+"""Helpers shared by several test modules: a tiny prepared dataset written directly, tiny training params, a
+responsive tiny generator, what the test stage leaves behind, a free port and a served MLflow process."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from casd.data import layout as formats
 from casd.losses import LossConfig
+from casd.models import Generator, GeneratorConfig
 
 SIZE = [32, 24]
 
@@ -84,3 +101,93 @@ def tiny_params(**train_overrides) -> dict:
             "model": {"pose_width": 8, "style_width": 8, "width": 16, "mlp_width": 16, "adain_blocks": 2,
                       "modulated_blocks": 2, "vgg_weights": "none"},
             "loss": tiny_loss(), "train": train, "tracking": {"enabled": False}}
+
+
+def responsive_tiny_generator() -> Generator:
+    """``GeneratorConfig.tiny()`` in eval mode whose decoder reads its inputs: at upstream's N(0, 0.02) init
+    the tokens barely move the output, so "the swap changed the picture" would be no check."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random VGG warning
+        generator = Generator(GeneratorConfig.tiny()).eval()
+    with torch.no_grad():
+        for name, param in generator.named_parameters():
+            if name.startswith(("decoder", "style_encoder.fuse")):
+                param.normal_(0.0, 0.3)
+    return generator
+
+def fake_test_stage(root, paths, count=6, strips=2):
+    """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest,
+    predicted target parsing (the ground truth's, with the first pair's right half set to background)."""
+    from casd.data.layout import flat_stem, read_pairs
+    from casd.inference import output_name
+
+    pairs = read_pairs(root / "split" / "pairs-test.csv")[:count]
+    paths.predicted_parsing.mkdir(parents=True, exist_ok=True)
+    for i, (source, target) in enumerate(pairs):
+        regions = np.asarray(Image.open(root / "parsing" / "test" / f"{flat_stem(target)}.png"))
+        if i == 0:
+            regions = regions.copy()
+            regions[:, regions.shape[1] // 2:] = 0
+        Image.fromarray(regions).save(paths.predicted_parsing / f"{flat_stem(source)}___{flat_stem(target)}.png")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (source, target) in enumerate(pairs):
+        name = output_name(source, target)
+        truth = np.asarray(Image.open(paths.test_images / target).convert("RGB")).astype(float)
+        noisy = np.clip(truth + rng.normal(0, 8 + 6 * i, truth.shape), 0, 255).astype(np.uint8)
+        paths.generated.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy).save(paths.generated / name)
+        rows.append([source, target, name])
+    paths.strips.mkdir(parents=True, exist_ok=True)
+    for _, _, name in rows[:strips]:
+        Image.fromarray(rng.integers(0, 255, (64, 4 * 44, 3), dtype=np.uint8)).save(paths.strips / name)
+    (paths.generated / "manifest.json").write_text(json.dumps(
+        {"complete": True, "pairs": rows, "strips": [r[2] for r in rows[:strips]], "image_size": [64, 44],
+         "checkpoint_source": "casd"}))
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_process(command: str, args: list[str], cwd: Path, log_path: Path, env: dict | None = None):
+    """``mlflow <command> --host 127.0.0.1 --port <free> <args>`` run in ``cwd``; yields its URL once /health
+    answers; the server, its uvicorn worker and job runners (one session) are stopped afterwards."""
+    executable = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    if not Path(executable).is_file():
+        pytest.skip("the mlflow command is not installed")
+    port = free_port()
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([executable, command, "--host", "127.0.0.1", "--port", str(port), *args], cwd=cwd,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a cold start (sqlite migrations) on a busy 2-core machine
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow {command} exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow {command} not up after 180 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

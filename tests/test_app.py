@@ -15,9 +15,7 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import urllib.request
-import warnings
 
 import numpy as np
 import pytest
@@ -29,7 +27,7 @@ from casd.data.layout import REGION_NAMES
 from casd.data.pose import KEYPOINT_NAMES, pose_input
 from casd.errors import CasdError, DataError
 from casd.inference import Synthesizer
-from casd.models.generator import Generator, GeneratorConfig
+from helpers import free_port, responsive_tiny_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,14 +42,7 @@ def checkpoint(tmp_path_factory, tiny_data_config):
     """A tiny generator as ``casd train`` exports it, with decoder weights large enough that inputs matter."""
     from casd.checkpoints import save_checkpoint
 
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random VGG warning
-        generator = Generator(GeneratorConfig.tiny()).eval()
-    with torch.no_grad():
-        for name, param in generator.named_parameters():
-            if name.startswith(("decoder", "style_encoder.fuse")):
-                param.normal_(0.0, 0.3)
+    generator = responsive_tiny_generator()
     path = tmp_path_factory.mktemp("app") / "generator.pt"
     save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
                            "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
@@ -180,10 +171,6 @@ def test_uploads_are_checked_and_named(studio, synth, tiny_prepared, tmp_path):
 
 # --------------------------------------------------------------------------- the page in Chromium
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +197,7 @@ def browser():
 @pytest.fixture(scope="module")
 def served(synth, checkpoint):
     pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
-    port = _free_port()
+    port = free_port()
     page = app.launch(app.Studio(synth, checkpoint=checkpoint), "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/"
     page.close()

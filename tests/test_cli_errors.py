@@ -12,7 +12,6 @@ import dataclasses
 import json
 import pickle
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -15,11 +15,7 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +24,7 @@ import pytest
 
 from casd.evaluation import evaluate
 from casd.evaluation.report import _fmt
+from helpers import fake_test_stage, mlflow_process
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +32,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1280,1600"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(url: str, body: dict | None = None, timeout: float = 30) -> dict:
@@ -53,57 +45,23 @@ def _http(url: str, body: dict | None = None, timeout: float = 30) -> dict:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` on a free 127.0.0.1 port, sqlite backend in a temp folder; stopped afterwards."""
-    executable = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    if not Path(executable).is_file():
-        pytest.skip("the mlflow command is not installed")
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen([executable, "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--default-artifact-root", str(root / "artifacts"), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180  # a cold start (sqlite migrations) on a busy 2-core machine
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}):\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up after 180 s:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with mlflow_process("server", ["--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                                   "--default-artifact-root", str(root / "artifacts"), "--workers", "1"],
+                        cwd=root, log_path=root / "server.log") as url:
         yield url
-    finally:
-        # the server, its uvicorn worker and job runners share the session started above
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def evaluated(mlflow_server, tiny_prepared, tmp_path_factory):
     """A 'training' run on the server, then the evaluate stage logging onto it (SSIM and PSNR only: fast)."""
-    from tests.test_report import _fake_test_stage
-
     from casd.tracking import Tracker, TrackingConfig
 
     root = tmp_path_factory.mktemp("evaluated")
     paths = evaluate.EvaluatePaths.under(root)
     paths.test_images = tiny_prepared / "resized" / "test"
     paths.train_images = tiny_prepared / "resized" / "train"
-    _fake_test_stage(tiny_prepared, paths)
+    fake_test_stage(tiny_prepared, paths)
     paths.loss_csv.parent.mkdir(parents=True, exist_ok=True)
     paths.loss_csv.write_text("epoch,step,lr,l1,g_total\n1,10,0.001,0.9,3.0\n2,20,0.001,0.7,2.5\n")
     params = {"tracking": {"uri": mlflow_server, "experiment": "casd-e2e"}, "train": {"lr": 0.001}}

@@ -13,40 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import inference
 from casd.errors import DataError
 from casd.evaluation import evaluate, metrics
+from helpers import fake_test_stage
 
-
-def _fake_test_stage(root, paths, count=6, strips=2):
-    """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest,
-    predicted target parsing (the ground truth's, with the first pair's right half set to background)."""
-    from casd.data.layout import flat_stem, read_pairs
-
-    pairs = read_pairs(root / "split" / "pairs-test.csv")[:count]
-    paths.predicted_parsing.mkdir(parents=True, exist_ok=True)
-    for i, (source, target) in enumerate(pairs):
-        regions = np.asarray(Image.open(root / "parsing" / "test" / f"{flat_stem(target)}.png"))
-        if i == 0:
-            regions = regions.copy()
-            regions[:, regions.shape[1] // 2:] = 0
-        Image.fromarray(regions).save(paths.predicted_parsing / f"{flat_stem(source)}___{flat_stem(target)}.png")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, (source, target) in enumerate(pairs):
-        name = inference.output_name(source, target)
-        truth = np.asarray(Image.open(paths.test_images / target).convert("RGB")).astype(float)
-        noisy = np.clip(truth + rng.normal(0, 8 + 6 * i, truth.shape), 0, 255).astype(np.uint8)
-        paths.generated.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(noisy).save(paths.generated / name)
-        rows.append([source, target, name])
-    paths.strips.mkdir(parents=True, exist_ok=True)
-    for _, _, name in rows[:strips]:
-        Image.fromarray(rng.integers(0, 255, (64, 4 * 44, 3), dtype=np.uint8)).save(paths.strips / name)
-    (paths.generated / "manifest.json").write_text(json.dumps(
-        {"complete": True, "pairs": rows, "strips": [r[2] for r in rows[:strips]], "image_size": [64, 44],
-         "checkpoint_source": "casd"}))
-    return rows
 
 
 @pytest.fixture
@@ -55,7 +25,7 @@ def stage(tiny_prepared, tmp_path):
     paths.test_images = tiny_prepared / "resized" / "test"
     paths.train_images = tiny_prepared / "resized" / "train"
     paths.parsing = tiny_prepared / "parsing"
-    rows = _fake_test_stage(tiny_prepared, paths)
+    rows = fake_test_stage(tiny_prepared, paths)
     paths.loss_csv.parent.mkdir(parents=True, exist_ok=True)
     paths.loss_csv.write_text("epoch,step,lr,l1,g_total,d_pb,samples_per_s\n"
                               "1,10,0.001,0.9,3.0,0.5,4.1\n2,20,0.001,0.7,2.5,0.45,4.2\n3,30,0.0005,0.6,2.2,0.4,4.0\n")

@@ -14,26 +14,20 @@ Screenshot for the README: ``CASD_SCREENSHOTS=docs pytest -m slow tests/test_swe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from casd.tracking import runs_page
+from helpers import mlflow_process
 
 pytestmark = pytest.mark.slow
 
@@ -168,46 +162,11 @@ def test_queued_parallel_sweep_lands_in_the_workspace_store(sweep):
     print(f"sweep of 2 experiments with -j 2: {sweep['elapsed']:.0f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-@contextlib.contextmanager
 def _mlflow_ui(repo: Path, env: dict):
     """``mlflow ui`` started in ``repo`` (it opens ./mlflow.db there), on a free port; stopped afterwards."""
-    executable = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    port = _free_port()
-    log = open(repo.parent / "ui.log", "wb")
-    proc = subprocess.Popen([executable, "ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow ui exited ({proc.returncode}):\n{(repo.parent / 'ui.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui not up after 180 s:\n{(repo.parent / 'ui.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+    return mlflow_process("ui", ["--workers", "1"], cwd=repo, log_path=repo.parent / "ui.log", env=env)
 
 
 def _chromium() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from casd.losses import Objective
 from casd.models import Generator, GeneratorConfig
 from casd.train import NonFiniteLossError, Outputs, Trainer, TrainJob, lr_factor, train
 from casd.train.loop import ChunkedGenerator, Networks
-from helpers import SIZE, tiny_params, write_prepared
+from helpers import SIZE, free_port, tiny_params, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -240,10 +239,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, mo
     assert not out.model.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, params: dict, data_root: str, out_root: str) -> None:
@@ -264,7 +259,7 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
 
     # 2 epochs (the second at lr 0) of 4 pairs = 2 per rank, batch 4 = 2 per rank: one step per epoch
     params = tiny_params(epochs_constant=2, epochs_decay=0, pairs_per_epoch=4, checkpoint_every_steps=0)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), params, str(data_root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), params, str(data_root), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["steps"] == r1["steps"] == 2
     assert_same_weights(r0["generator"], r1["generator"])
