@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -191,3 +192,27 @@ def mlflow_process(command: str, args: list[str], cwd: Path, log_path: Path, env
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+def chromium() -> str:
+    """The headless Chromium executable; the test is skipped (with the reason) where none is installed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
+
+
+def render_page(browser: str, url: str, profile: Path, *, window: str, budget_ms: int, timeout_s: float,
+                screenshot: Path | None = None) -> tuple[str, str]:
+    """(DOM, visible text) of ``url`` after its scripts ran for ``budget_ms`` of virtual time; a screenshot
+    too when asked. Nothing but the page's own address is contacted (no sync, updates or background fetches)."""
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--window-size={window}", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}"]
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=timeout_s)
+        assert screenshot.is_file() and screenshot.stat().st_size > 1000
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=timeout_s).stdout
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return dom, " ".join(re.sub(r"<[^>]+>", " ", text).split())

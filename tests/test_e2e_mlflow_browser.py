@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,14 +21,9 @@ import pytest
 
 from casd.evaluation import evaluate
 from casd.evaluation.report import _fmt
-from helpers import fake_test_stage, mlflow_process
+from helpers import chromium, fake_test_stage, mlflow_process, render_page
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1600"]
-
 
 
 def _http(url: str, body: dict | None = None, timeout: float = 30) -> dict:
@@ -110,25 +102,13 @@ def test_metrics_logged_onto_the_training_run_read_back_over_rest(evaluated):
     assert _http(f"{api}/runs/get?run_id={rest_id}")["run"]["data"]["metrics"][0]["value"] == 0.25
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
 
 
-def _render(url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
-    """The DOM after scripts ran (and a screenshot when asked), as visible text."""
-    browser = _chromium()
+def _render(url: str, tmp_path: Path, screenshot: Path | None = None) -> tuple[str, str]:
+    """(DOM, visible text) of ``url`` in a fresh browser profile under ``tmp_path``."""
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000"]
-    if screenshot is not None:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=90)
-        assert screenshot.is_file() and screenshot.stat().st_size > 1000
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
-    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
-    return dom, " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return render_page(chromium(), url, profile, window="1280,1600", budget_ms=15000, timeout_s=90,
+                       screenshot=screenshot)
 
 
 def test_report_and_mlflow_run_page_render_in_headless_chromium(evaluated, tmp_path):

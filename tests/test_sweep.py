@@ -27,16 +27,13 @@ import pytest
 import yaml
 
 from casd.tracking import runs_page
-from helpers import mlflow_process
+from helpers import chromium, mlflow_process, render_page
 
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("train", "test", "evaluate")
 LRS = ("0.001", "0.002")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1100"]
 
 
 def _tiny_params() -> dict:
@@ -169,27 +166,16 @@ def _mlflow_ui(repo: Path, env: dict):
     return mlflow_process("ui", ["--workers", "1"], cwd=repo, log_path=repo.parent / "ui.log", env=env)
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
 
 
 def _render(browser: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
     """Visible text of ``url`` after its scripts ran (and a screenshot when asked)."""
-    flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
-    if screenshot is not None:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-        assert screenshot.is_file() and screenshot.stat().st_size > 1000
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return render_page(browser, url, profile, window="1400,1100", budget_ms=20000, timeout_s=120,
+                       screenshot=screenshot)[1]
 
 
 def test_mlflow_compare_page_of_the_sweep_in_headless_chromium(sweep, tmp_path):
-    browser = _chromium()
+    browser = chromium()
     from mlflow.tracking import MlflowClient
 
     repo = sweep["repo"]
