@@ -39,8 +39,8 @@ from casd.weights import sha256
 GENERATOR_FORMATS = ("casd-generator", "casd-train")  # models/generator.pt (and imported files), checkpoints/*.pt
 UPSTREAM_IMAGE_SIZE = (256, 176)  # the DeepFashion benchmark frame upstream's released weights are used at
 # Model fields that do not change the tensors a checkpoint holds (its VGG weights travel inside it; the norm's
-# statistics are chosen at run time).
-CONFIG_FIELDS_NOT_IN_WEIGHTS = ("vgg_weights", "modulated_norm")
+# statistics are chosen at run time; init only set the weights training started from).
+CONFIG_FIELDS_NOT_IN_WEIGHTS = ("vgg_weights", "modulated_norm", "init")
 POSE_MODES = ("onehot", "gaussian")
 
 
@@ -354,6 +354,9 @@ def load_upstream_generator(source: str | os.PathLike | Mapping[str, Any], **ove
 
 def export_upstream_state_dict(generator: Generator) -> dict[str, torch.Tensor]:
     """Own generator -> upstream-named state dict (unused upstream entries filled as upstream initialises them)."""
+    if not generator.config.upstream_compatible:
+        raise ConfigError("model: region_colour, style_vgg: false and token_pooling: area are not part of "
+                          "upstream's generator; a generator built with them cannot be exported in upstream's format")
     names = upstream_names(generator.config)
     state = {names[k]: v for k, v in generator.state_dict().items()}
     for key, shape in upstream_unused(generator.config).items():

@@ -250,3 +250,82 @@ def test_gradient_equivalence_with_upstream(upstream_fixture, rule_generator):
     finally:
         rule_generator.zero_grad(set_to_none=True)
         rule_generator.eval()
+
+
+def test_region_colour_adds_the_full_resolution_colour_of_a_region_lost_on_the_token_grid():
+    # a one-pixel-wide column of region 6 (arms) at x = 5: the H/8 grid of a 32x24 input does not sample it,
+    # so its token falls back to the global mean; region_colour adds a map of the column's own colour
+    from casd.checkpoints import export_upstream_state_dict
+
+    parsing = torch.zeros(1, 8, 32, 24)
+    parsing[:, 0] = 1
+    parsing[:, 0, :, 5], parsing[:, 6, :, 5] = 0, 1
+    red, blue = torch.zeros(1, 3, 32, 24), torch.zeros(1, 3, 32, 24)
+    red[:, 0, :, 5], blue[:, 2, :, 5] = 1, 1
+    plain, coloured = tiny_generator(), tiny_generator(region_colour=True)
+    missing, unexpected = coloured.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["style_encoder.colour.bias", "style_encoder.colour.weight"] and not unexpected
+    with torch.no_grad():
+        plain_diff = plain.encode_style(red, parsing)[0, 6] - plain.encode_style(blue, parsing)[0, 6]
+        coloured_diff = coloured.encode_style(red, parsing)[0, 6] - coloured.encode_style(blue, parsing)[0, 6]
+        colour_map = coloured.style_encoder.colour.weight @ torch.tensor([1.0, 0.0, -1.0])
+    torch.testing.assert_close(coloured_diff - plain_diff, colour_map, atol=1e-6, rtol=1e-5)
+    assert colour_map.abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="region_colour"):
+        export_upstream_state_dict(coloured)
+    with pytest.raises(ConfigError, match="region_colour"):
+        GeneratorConfig(region_colour=1)
+
+
+def test_area_token_pooling_keeps_a_region_thinner_than_the_token_grid():
+    # region 6 covers a 2-pixel column (x = 9, 10) of a 32x24 input: nearest sampling of the 4x3 grid (x = 0, 8,
+    # 16) misses it, so upstream's token is the global mean; area pooling weights each cell by its coverage
+    parsing = torch.zeros(1, 8, 32, 24)
+    parsing[:, 0] = 1
+    parsing[:, 0, :, 9:11], parsing[:, 6, :, 9:11] = 0, 1
+    image = torch.rand(1, 3, 32, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    nearest, area = tiny_generator(), tiny_generator(token_pooling="area")
+    area.load_state_dict(nearest.state_dict())
+    with torch.no_grad():
+        features = nearest.style_encoder.features(image)                       # [1,C,4,3]
+        global_mean = features.mean(dim=(2, 3))[0]
+        torch.testing.assert_close(nearest.encode_style(image, parsing)[0, 6], global_mean)
+        # cells of column 1 (x 8..15) hold 2 of 8 columns of region 6: weight 0.25 each, so the token is
+        # the mean of that grid column's features
+        torch.testing.assert_close(area.encode_style(image, parsing)[0, 6], features[0, :, :, 1].mean(dim=1))
+        background = area.encode_style(image, parsing)[0, 0]
+        weights = 1 - F.adaptive_avg_pool2d(parsing[:, 6:7], (4, 3))[0, 0]
+        torch.testing.assert_close(background, (features[0] * weights).sum(dim=(1, 2)) / weights.sum())
+    with pytest.raises(ConfigError, match="token_pooling"):
+        GeneratorConfig(token_pooling="bilinear")
+
+
+def test_a_style_encoder_without_vgg_has_no_frozen_features_and_is_not_exported_upstream():
+    from casd.checkpoints import export_upstream_state_dict
+
+    generator = tiny_generator(style_vgg=False)
+    assert generator.style_encoder.vgg is None
+    assert not any("vgg" in name for name, _ in generator.named_parameters())
+    assert generator.vgg_pretrained  # nothing random to warn about
+    assert generator.style_encoder.down1.in_channels == 8  # own convs only (tiny style_width 8)
+    image, parsing = torch.rand(2, 3, 32, 24) * 2 - 1, F.one_hot(torch.randint(0, 8, (2, 32, 24)), 8)
+    tokens = generator.encode_style(image, parsing.permute(0, 3, 1, 2).float())
+    assert tokens.shape == (2, 8, 16) and torch.isfinite(tokens).all()
+    with pytest.raises(ConfigError, match="style_vgg"):
+        export_upstream_state_dict(generator)
+    with pytest.raises(ConfigError, match="style_vgg"):
+        GeneratorConfig(style_vgg="no")
+
+
+@pytest.mark.parametrize("init", ["upstream", "fan_in"])
+def test_init_scales_weights_as_named(init):
+    generator = tiny_generator(init=init)
+    conv = generator.decoder.adain_blocks[0].conv1                               # 3x3 on width 16: fan_in 144
+    fc = generator.decoder.adain_mlp[2]                                          # mlp_width 16 -> 16
+    expected = {"upstream": (0.02, 0.02), "fan_in": (144 ** -0.5, 16 ** -0.5)}[init]
+    assert conv.weight.std().item() == pytest.approx(expected[0], rel=0.1)
+    assert fc.weight.std().item() == pytest.approx(expected[1], rel=0.25)
+    vgg = generator.style_encoder.vgg.layers[0].weight
+    assert vgg.std().item() != pytest.approx(expected[0], rel=0.1)  # the frozen VGG keeps its own init
+    with pytest.raises(ConfigError, match="model.init"):
+        GeneratorConfig(init="xavier")

@@ -59,20 +59,37 @@ class GeneratorConfig:
     modulated_blocks: int = 4      # attention-modulated residual blocks
     vgg_weights: str = "torchvision"  # path to vgg19-dcbb9e9d.pth | torchvision (hub cache) | none (random)
     modulated_norm: str = "batch"  # batch (upstream: statistics over the batch) | sample (per sample, see below)
+    region_colour: bool = False    # not upstream: add a learned map of each region's full-resolution mean colour to its token
+    style_vgg: bool = True         # the style encoder's frozen VGG19 taps; false (not upstream): its own convs only
+    token_pooling: str = "nearest"  # nearest (upstream: region masks nearest-downsampled to H/8) | area (coverage)
+    init: str = "upstream"         # upstream: conv / linear weights N(0, 0.02) | fan_in: N(0, 1 / fan_in) (small widths)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("vgg_weights", "modulated_norm"):
+            if f.name in ("vgg_weights", "modulated_norm", "init", "token_pooling"):
+                continue
+            if f.name in ("region_colour", "style_vgg"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"model.{f.name}: expected true or false, got {value!r}")
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model.{f.name}: expected a positive integer, got {value!r}")
         if self.width % 4:
             raise ConfigError(f"model.width: must be divisible by 4 (two halving up-samplings), got {self.width}")
+        if self.token_pooling not in ("nearest", "area"):
+            raise ConfigError(f"model.token_pooling: expected nearest or area, got {self.token_pooling!r}")
+        if self.init not in ("upstream", "fan_in"):
+            raise ConfigError(f"model.init: expected upstream or fan_in, got {self.init!r}")
         if self.modulated_norm not in ("batch", "sample"):
             raise ConfigError(f"model.modulated_norm: expected batch or sample, got {self.modulated_norm!r}")
         if not isinstance(self.vgg_weights, str) or not self.vgg_weights:
             raise ConfigError(f"model.vgg_weights: expected a path, 'torchvision' or 'none', got {self.vgg_weights!r}")
+
+    @property
+    def upstream_compatible(self) -> bool:
+        """False when an option outside upstream's generator is on (its weights then have no upstream layout)."""
+        return not self.region_colour and self.style_vgg and self.token_pooling == "nearest"
 
     @property
     def res_blocks(self) -> int:
@@ -171,24 +188,37 @@ class StyleEncoder(nn.Module):
     """Source image + parsing -> one style token per region [B,K,C].
 
     Own convs (7x7, then three 4x4 stride-2) interleaved with the frozen VGG19
-    taps relu1_1, relu2_1, relu3_1, relu4_1 (concatenated), fused by a 1x1 conv
-    into ``width`` channels at H/8; each region's token is the mean of the
-    features under its mask (nearest-downsampled, nonzero = inside), the global
-    mean where the region is empty.
+    taps relu1_1, relu2_1, relu3_1, relu4_1 (concatenated; ``style_vgg: false``
+    leaves them out), fused by a 1x1 conv into ``width`` channels at H/8; each
+    region's token is the mean of the features under its mask, the global mean
+    where the region is empty. Upstream downsamples the masks by nearest
+    sampling (nonzero = inside), so a region thinner than 8 pixels can vanish
+    from the H/8 grid; ``token_pooling: area`` weights each cell by the share
+    of it the region covers instead. ``region_colour`` adds a learned map of
+    each region's mean colour at full resolution to its token.
     """
 
     def __init__(self, config: GeneratorConfig, *, pretrained_vgg: bool = True):
         super().__init__()
         w = config.style_width
-        self.vgg = VGG19Features("relu4_1", config.vgg_weights, load=pretrained_vgg, purpose="model.vgg_weights")
+        taps = VGG_TAP_CHANNELS if config.style_vgg else (0, 0, 0, 0)
+        self.vgg = (VGG19Features("relu4_1", config.vgg_weights, load=pretrained_vgg, purpose="model.vgg_weights")
+                    if config.style_vgg else None)
         self.image_conv = reflect_conv(3, w, 7)
-        self.down1 = reflect_conv(w + VGG_TAP_CHANNELS[0], 2 * w, 4, 2)
-        self.down2 = reflect_conv(2 * w + VGG_TAP_CHANNELS[1], 4 * w, 4, 2)
-        self.down3 = reflect_conv(4 * w + VGG_TAP_CHANNELS[2], 8 * w, 4, 2)
-        self.fuse = nn.Conv2d(8 * w + VGG_TAP_CHANNELS[3], config.width, 1)
+        self.down1 = reflect_conv(w + taps[0], 2 * w, 4, 2)
+        self.down2 = reflect_conv(2 * w + taps[1], 4 * w, 4, 2)
+        self.down3 = reflect_conv(4 * w + taps[2], 8 * w, 4, 2)
+        self.fuse = nn.Conv2d(8 * w + taps[3], config.width, 1)
+        self.colour = nn.Linear(3, config.width) if config.region_colour else None
+        self.area_pooling = config.token_pooling == "area"
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] in [-1, 1] -> style features [B,C,H/8,W/8] (floor)."""
+        if self.vgg is None:
+            x = F.relu(self.image_conv(image))
+            x = F.relu(self.down1(x))
+            x = F.relu(self.down2(x))
+            return self.fuse(F.relu(self.down3(x)))
         with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):  # frozen weights
             taps = self.vgg(image, VGG_TAPS)
         x = torch.cat([F.relu(self.image_conv(image)), taps["relu1_1"]], 1)
@@ -200,12 +230,27 @@ class StyleEncoder(nn.Module):
     def forward(self, image: torch.Tensor, parsing: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W], parsing [B,K,H,W] (one-hot; nonzero = in region) -> tokens [B,K,C]."""
         features = self.features(image)
-        masks = (F.interpolate(parsing, size=features.shape[2:], mode="nearest") != 0).to(features.dtype)
+        inside = (parsing != 0).to(features.dtype)
+        if self.area_pooling:
+            masks = F.adaptive_avg_pool2d(inside, features.shape[2:])
+        else:
+            masks = F.interpolate(inside, size=features.shape[2:], mode="nearest")
         area = masks.sum(dim=(2, 3))                                             # [B,K]
         region_sums = torch.einsum("bchw,bkhw->bkc", features, masks)            # [B,K,C]
         global_mean = features.mean(dim=(2, 3)).unsqueeze(1)                     # [B,1,C]
-        region_means = region_sums / area.clamp(min=1).unsqueeze(2)
-        return torch.where(area.unsqueeze(2) > 0, region_means, global_mean)
+        region_means = region_sums / area.clamp(min=1e-6).unsqueeze(2)
+        tokens = torch.where(area.unsqueeze(2) > 0, region_means, global_mean)
+        if self.colour is not None:
+            tokens = tokens + self.colour(masked_mean(image, parsing))
+        return tokens
+
+
+def masked_mean(image: torch.Tensor, parsing: torch.Tensor) -> torch.Tensor:
+    """image [B,3,H,W], parsing [B,K,H,W] (one-hot) -> mean colour per region [B,K,3]; the image mean where empty."""
+    masks = (parsing != 0).to(image.dtype)
+    area = masks.sum(dim=(2, 3)).unsqueeze(2)                                    # [B,K,1]
+    means = torch.einsum("bchw,bkhw->bkc", image, masks) / area.clamp(min=1)
+    return torch.where(area > 0, means, image.mean(dim=(2, 3)).unsqueeze(1))
 
 
 class EncoderBlock(nn.Module):
@@ -460,11 +505,14 @@ class Generator(nn.Module):
 
     @property
     def vgg_pretrained(self) -> bool:
-        return self.style_encoder.vgg.pretrained
+        """True also without a style VGG (``style_vgg: false``): then no frozen features are random."""
+        vgg = self.style_encoder.vgg
+        return True if vgg is None else vgg.pretrained
 
     @vgg_pretrained.setter
     def vgg_pretrained(self, value: bool) -> None:
-        self.style_encoder.vgg.pretrained = bool(value)
+        if self.style_encoder.vgg is not None:
+            self.style_encoder.vgg.pretrained = bool(value)
 
     def set_modulated_norm(self, mode: str) -> "Generator":
         """Statistics of the attention-modulated norm from now on: ``"batch"`` | ``"sample"``; returns self."""
@@ -472,12 +520,20 @@ class Generator(nn.Module):
         return self
 
     def reset_parameters(self) -> None:
-        """Upstream init: conv / linear weights N(0, 0.02), biases as PyTorch's default; the frozen VGG untouched."""
+        """Conv / linear weights N(0, 0.02) (upstream) or N(0, 1 / fan_in) (``init: fan_in``), biases as
+        PyTorch's default; the frozen VGG untouched.
+
+        0.02 is about 1 / sqrt(fan_in) at upstream's width 256 (3x3 convs: fan_in 2304); at a width of 32 the
+        same std makes each layer shrink its input ~3x, and the style path (five layers deep) starts ~100x
+        weaker than upstream's. ``fan_in`` keeps each layer's gain near 1 at any width.
+        """
         for name, module in self.named_modules():
             if name.startswith("style_encoder.vgg"):
                 continue
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(module.weight, 0.0, 0.02)
+                fan_in = module.weight[0].numel()
+                std = 0.02 if self.config.init == "upstream" else fan_in ** -0.5
+                nn.init.normal_(module.weight, 0.0, std)
 
     def encode_style(self, source_image: torch.Tensor, source_parsing: torch.Tensor) -> torch.Tensor:
         """source_image [B,3,H,W], source_parsing [B,K,H,W] -> style tokens [B,K,C]."""
