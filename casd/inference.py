@@ -397,7 +397,7 @@ def _stem(value: Any) -> str:
 
 def _output_stem(source: str, pose: str, swaps: Mapping[str, str], mix: str | None, alpha: float,
                  regions: str | None) -> str:
-    stem = f"{_stem(source)}_to_{_stem(pose)}"
+    stem = f"{_stem(source)}{SEPARATOR}{_stem(pose)}"  # as the test stage names a pair: casd evaluate reads both
     for region, donor in swaps.items():
         stem += f"_swap-{region}-{_stem(donor)}"
     if mix is not None:

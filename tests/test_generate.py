@@ -185,6 +185,10 @@ def test_generate_pairs_writes_images_and_strips(synth, tmp_path):
     images = [p for p in written if not p.name.endswith("_strip.png")]
     strips = [p for p in written if p.name.endswith("_strip.png")]
     assert len(images) == len(strips) == 2
+    assert images[0].name == inference.output_name(NAMES[0], NAMES[1]).replace(
+        ".png", f"_swap-upper_clothes-{NAMES[3].removesuffix('.jpg')}.png")
+    plain = inference.generate_pairs(synth, [(NAMES[0], NAMES[1])], tmp_path / "plain", strips=False)
+    assert [p.name for p in plain] == [inference.output_name(NAMES[0], NAMES[1])]  # the test stage's name
     with Image.open(images[0]) as img:
         assert img.size == (SIZE[1], SIZE[0])
     with Image.open(strips[0]) as img:  # source | pose | donor | result | predicted parsing, 2 px gaps
