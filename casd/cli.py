@@ -116,8 +116,12 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="JSON of numbers, protocol and skip reasons "
                                                  "(default: reports/eval-<folder name>.json)")
     parser.add_argument("--report", type=Path, help="also write an HTML report here")
-    parser.add_argument("--ground-truth", type=Path, default=EvaluatePaths.test_images,
-                        help="ground-truth and source images, by name (default: data/resized/test)")
+    parser.add_argument("--phase", choices=["test", "train"], default="test",
+                        help="which split the pairs come from: the default ground truth data/resized/<phase> "
+                             "and parsing maps <parsing>/<phase>/ (train: how well people seen in training are "
+                             "rendered; default test)")
+    parser.add_argument("--ground-truth", type=Path,
+                        help="ground-truth and source images, by name (default: data/resized/<phase>)")
     parser.add_argument("--train-images", type=Path, default=EvaluatePaths.train_images,
                         help="training images: FID reference and mean colours (default: data/resized/train)")
     parser.add_argument("--parsing", type=Path, default=EvaluatePaths.parsing,
@@ -157,6 +161,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         stages.evaluate(Params.load(args.params), track=not args.no_mlflow)
         return
+    from casd.data.layout import PREPARED
     from casd.evaluation.evaluate import DEFAULT_PATTERNS, EvaluateConfig, EvaluatePaths, evaluate_folder
 
     params = Params.load(args.params) if Path(args.params).is_file() else Params(Path(args.params), {})
@@ -170,8 +175,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         if getattr(args, name) is not None:
             section[name] = getattr(args, name)
     panel = _panel(args.panel)
-    paths = dataclasses.replace(EvaluatePaths(), test_images=args.ground_truth, train_images=args.train_images,
-                                parsing=args.parsing, predicted_parsing=args.predicted_parsing)
+    paths = dataclasses.replace(EvaluatePaths(), test_images=args.ground_truth or PREPARED.images(args.phase),
+                                train_images=args.train_images, parsing=args.parsing,
+                                predicted_parsing=args.predicted_parsing, phase=args.phase)
     out = args.out or Path("reports") / f"eval-{Path(args.generated).resolve().name}.json"
     evaluate_folder(args.generated, from_dict(EvaluateConfig, section, "evaluate", params.path), paths, out,
                     pairs_csv=args.pairs, patterns=args.patterns or DEFAULT_PATTERNS, panel=panel,

@@ -237,6 +237,21 @@ def test_folder_scoring_equals_the_stage_on_the_same_images(stage, random_networ
     numbers = json.loads((tmp_path / "cli.json").read_text())["metrics"]
     for name in ("ssim", "psnr", "colour_error", "colour_gap_closed", "parsing_miou"):
         assert numbers[name] == pytest.approx(stage_result.numbers[name], rel=1e-12)
+    # --phase train: the same pairs scored as training pairs read their parsing maps from <parsing>/train/
+    train_only = tmp_path / "parsing_train_only"
+    shutil.copytree(paths.parsing / "train", train_only / "train")
+    for path in (paths.parsing / "test").iterdir():
+        shutil.copy(path, train_only / "train" / path.name)
+    argv[argv.index("--parsing") + 1] = str(train_only)
+    argv[argv.index("--out") + 1] = str(tmp_path / "cli_train.json")
+    cli.main(argv + ["--phase", "train"])
+    as_train = json.loads((tmp_path / "cli_train.json").read_text())["metrics"]
+    for name in ("colour_error", "colour_gap_closed", "parsing_miou"):
+        assert as_train[name] == pytest.approx(stage_result.numbers[name], rel=1e-12)
+    cli.main(argv)  # read as test pairs, the same folder has no test/ maps: colour and parsing are skipped
+    as_test = json.loads((tmp_path / "cli_train.json").read_text())
+    assert as_test["metrics"]["colour_error"] is None and as_test["metrics"]["parsing_miou"] is None
+    assert "not found" in as_test["skipped"]["colour"]
 
 
 def test_upstream_strips_are_cropped_and_other_names_follow_a_pattern(stage, tmp_path):

@@ -59,10 +59,11 @@ class GeneratorConfig:
     modulated_blocks: int = 4      # attention-modulated residual blocks
     vgg_weights: str = "torchvision"  # path to vgg19-dcbb9e9d.pth | torchvision (hub cache) | none (random)
     modulated_norm: str = "batch"  # batch (upstream: statistics over the batch) | sample (per sample, see below)
-    region_colour: bool = False    # not upstream: add a learned map of each region's full-resolution mean colour to its token
-    style_vgg: bool = True         # the style encoder's frozen VGG19 taps; false (not upstream): its own convs only
+    # not upstream (off by default): options for short trainings of small models, see StyleEncoder / reset_parameters
+    region_colour: bool = False    # add a learned map of each region's full-resolution mean colour to its token
+    style_vgg: bool = True         # the style encoder's frozen VGG19 taps; false: its own convs only
     token_pooling: str = "nearest"  # nearest (upstream: region masks nearest-downsampled to H/8) | area (coverage)
-    init: str = "upstream"         # upstream: conv / linear weights N(0, 0.02) | fan_in: N(0, 1 / fan_in) (small widths)
+    init: str = "upstream"         # upstream: weights N(0, 0.02) | fan_in: N(0, 1 / fan_in) (any width)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
