@@ -42,6 +42,9 @@ from casd.models.vgg import VGG19Features
 
 VGG_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 VGG_TAP_CHANNELS = (64, 128, 256, 512)
+# the model fields that name one of a few modes (upstream's first)
+MODEL_CHOICES = {"modulated_norm": ("batch", "sample"), "token_pooling": ("nearest", "area"),
+                 "init": ("upstream", "fan_in")}
 
 
 @dataclass
@@ -68,7 +71,11 @@ class GeneratorConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("vgg_weights", "modulated_norm", "init", "token_pooling"):
+            if f.name == "vgg_weights":
+                continue
+            if f.name in MODEL_CHOICES:
+                if value not in MODEL_CHOICES[f.name]:
+                    raise ConfigError(f"model.{f.name}: expected {' or '.join(MODEL_CHOICES[f.name])}, got {value!r}")
                 continue
             if f.name in ("region_colour", "style_vgg"):
                 if not isinstance(value, bool):
@@ -78,12 +85,6 @@ class GeneratorConfig:
                 raise ConfigError(f"model.{f.name}: expected a positive integer, got {value!r}")
         if self.width % 4:
             raise ConfigError(f"model.width: must be divisible by 4 (two halving up-samplings), got {self.width}")
-        if self.token_pooling not in ("nearest", "area"):
-            raise ConfigError(f"model.token_pooling: expected nearest or area, got {self.token_pooling!r}")
-        if self.init not in ("upstream", "fan_in"):
-            raise ConfigError(f"model.init: expected upstream or fan_in, got {self.init!r}")
-        if self.modulated_norm not in ("batch", "sample"):
-            raise ConfigError(f"model.modulated_norm: expected batch or sample, got {self.modulated_norm!r}")
         if not isinstance(self.vgg_weights, str) or not self.vgg_weights:
             raise ConfigError(f"model.vgg_weights: expected a path, 'torchvision' or 'none', got {self.vgg_weights!r}")
 
@@ -215,17 +216,18 @@ class StyleEncoder(nn.Module):
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] in [-1, 1] -> style features [B,C,H/8,W/8] (floor)."""
-        if self.vgg is None:
-            x = F.relu(self.image_conv(image))
-            x = F.relu(self.down1(x))
-            x = F.relu(self.down2(x))
-            return self.fuse(F.relu(self.down3(x)))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):  # frozen weights
-            taps = self.vgg(image, VGG_TAPS)
-        x = torch.cat([F.relu(self.image_conv(image)), taps["relu1_1"]], 1)
-        x = torch.cat([F.relu(self.down1(x)), taps["relu2_1"]], 1)
-        x = torch.cat([F.relu(self.down2(x)), taps["relu3_1"]], 1)
-        x = torch.cat([F.relu(self.down3(x)), taps["relu4_1"]], 1)
+        taps = {}
+        if self.vgg is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):  # frozen weights
+                taps = self.vgg(image, VGG_TAPS)
+
+        def with_tap(x: torch.Tensor, name: str) -> torch.Tensor:
+            return torch.cat([x, taps[name]], 1) if taps else x
+
+        x = with_tap(F.relu(self.image_conv(image)), "relu1_1")
+        x = with_tap(F.relu(self.down1(x)), "relu2_1")
+        x = with_tap(F.relu(self.down2(x)), "relu3_1")
+        x = with_tap(F.relu(self.down3(x)), "relu4_1")
         return self.fuse(x)
 
     def forward(self, image: torch.Tensor, parsing: torch.Tensor) -> torch.Tensor:
@@ -236,22 +238,19 @@ class StyleEncoder(nn.Module):
             masks = F.adaptive_avg_pool2d(inside, features.shape[2:])
         else:
             masks = F.interpolate(inside, size=features.shape[2:], mode="nearest")
-        area = masks.sum(dim=(2, 3))                                             # [B,K]
-        region_sums = torch.einsum("bchw,bkhw->bkc", features, masks)            # [B,K,C]
-        global_mean = features.mean(dim=(2, 3)).unsqueeze(1)                     # [B,1,C]
-        region_means = region_sums / area.clamp(min=1e-6).unsqueeze(2)
-        tokens = torch.where(area.unsqueeze(2) > 0, region_means, global_mean)
+        tokens = region_means(features, masks)
         if self.colour is not None:
-            tokens = tokens + self.colour(masked_mean(image, parsing))
+            tokens = tokens + self.colour(region_means(image, inside))
         return tokens
 
 
-def masked_mean(image: torch.Tensor, parsing: torch.Tensor) -> torch.Tensor:
-    """image [B,3,H,W], parsing [B,K,H,W] (one-hot) -> mean colour per region [B,K,3]; the image mean where empty."""
-    masks = (parsing != 0).to(image.dtype)
+def region_means(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """values [B,C,H,W], masks [B,K,H,W] (weights >= 0) -> weighted mean of each region [B,K,C]; the mean over
+    the whole map where a region has no weight."""
     area = masks.sum(dim=(2, 3)).unsqueeze(2)                                    # [B,K,1]
-    means = torch.einsum("bchw,bkhw->bkc", image, masks) / area.clamp(min=1)
-    return torch.where(area > 0, means, image.mean(dim=(2, 3)).unsqueeze(1))
+    sums = torch.einsum("bchw,bkhw->bkc", values, masks)                         # [B,K,C]
+    overall = values.mean(dim=(2, 3)).unsqueeze(1)                               # [B,1,C]
+    return torch.where(area > 0, sums / area.clamp(min=1e-6), overall)
 
 
 class EncoderBlock(nn.Module):
