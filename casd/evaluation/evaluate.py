@@ -117,9 +117,9 @@ class EvaluatePaths:
         return cls(**{f.name: root / value if isinstance(value := getattr(cls, f.name), Path) else value
                       for f in dataclasses.fields(cls)})
 
-    def truth_parsing(self, phase: str, name: str) -> Path:
-        """The ground-truth parsing map of image ``name``."""
-        return self.parsing / phase / parsing_file_name(name)
+    def truth_parsing(self, name: str, phase: str | None = None) -> Path:
+        """The ground-truth parsing map of image ``name`` of ``phase`` (default: the scored pairs' phase)."""
+        return self.parsing / (phase or self.phase) / parsing_file_name(name)
 
     def predicted(self, pair: "Pair") -> Path:
         """The model's predicted target parsing of ``pair`` (written by the test stage)."""
@@ -384,22 +384,22 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
             if kind in fid_stats:
                 fid_stats[kind].update(metrics.inception_features(nets.inception, images))
         if training_mean is not None or truth_parsing_ok:
-            target_regions = np.stack([reader.regions(paths.truth_parsing(paths.phase, p.target)) for p in chunk])
-            source_regions = np.stack([reader.regions(paths.truth_parsing(paths.phase, p.source)) for p in chunk])
+            target_regions = np.stack([reader.regions(paths.truth_parsing(p.target)) for p in chunk])
+            source_regions = np.stack([reader.regions(paths.truth_parsing(p.source)) for p in chunk])
         if training_mean is not None:
             errors = metrics.colour_errors(generated, truth, target_regions, source, source_regions, training_mean)
             for name, values in errors.items():
                 colour.setdefault(name, []).append(values)
         if truth_parsing_ok:
-            truth_size = read_regions(paths.truth_parsing(paths.phase, chunk[0].target)).shape
-            truth_maps = np.stack([read_regions(paths.truth_parsing(paths.phase, p.target), truth_size)
+            truth_size = read_regions(paths.truth_parsing(chunk[0].target)).shape
+            truth_maps = np.stack([read_regions(paths.truth_parsing(p.target), truth_size)
                                    for p in chunk])
             guesses = {}
             if predicted_ok:
                 guesses["model"] = np.stack([read_regions(paths.predicted(p), truth_size, resize=True)
                                              for p in chunk])
             if config.baseline:
-                guesses["baseline"] = np.stack([read_regions(paths.truth_parsing(paths.phase, p.source), truth_size,
+                guesses["baseline"] = np.stack([read_regions(paths.truth_parsing(p.source), truth_size,
                                                              resize=True) for p in chunk])
             for kind, maps in guesses.items():
                 prefix = "" if kind == "model" else "baseline_"
@@ -460,9 +460,9 @@ def _image_scores(images: np.ndarray, truth: np.ndarray, config: EvaluateConfig,
 def _training_mean_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, reader: _Reader,
                            skipped: dict[str, str]) -> np.ndarray | None:
     """The training mean colours ``[R, 3]`` the colour metric needs, or None with the reason in ``skipped``."""
-    needed = [paths.truth_parsing(paths.phase, n) for p in pairs for n in (p.source, p.target)]
+    needed = [paths.truth_parsing(n) for p in pairs for n in (p.source, p.target)]
     train_files = _files(paths.train_images, "any")
-    needed += [paths.truth_parsing("train", f.name) for f in train_files]
+    needed += [paths.truth_parsing(f.name, "train") for f in train_files]
     missing = [p for p in needed if not p.is_file()]
     if missing:
         skipped["colour"] = f"parsing map {missing[0]} not found ({len(missing)} missing)"
@@ -477,7 +477,7 @@ def _training_mean_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, config: 
 def _parsing_inputs(pairs: Sequence[Pair], paths: EvaluatePaths, skipped: dict[str, str]) -> tuple[bool, bool]:
     """(ground-truth parsing present, predicted parsing present); a reason in ``skipped`` where not."""
     truth_missing = [path for p in pairs for n in (p.source, p.target)
-                     if not (path := paths.truth_parsing(paths.phase, n)).is_file()]
+                     if not (path := paths.truth_parsing(n)).is_file()]
     if truth_missing:
         skipped["parsing"] = f"parsing map {truth_missing[0]} not found ({len(truth_missing)} missing)"
         return False, False
@@ -584,8 +584,8 @@ def report_inputs(evaluation: Evaluation, paths: EvaluatePaths, config: Evaluate
 
     def parsing_picture(i: int) -> np.ndarray:
         p = pairs[i]
-        maps = [reader.regions(paths.truth_parsing(paths.phase, p.source)), reader.regions(paths.predicted(p)),
-                reader.regions(paths.truth_parsing(paths.phase, p.target))]
+        maps = [reader.regions(paths.truth_parsing(p.source)), reader.regions(paths.predicted(p)),
+                reader.regions(paths.truth_parsing(p.target))]
         return np.concatenate([reader.image(paths.test_images / p.source), *map(parsing_colours, maps)], axis=1)
 
     has_parsing = evaluation.numbers.get("parsing_miou") is not None
