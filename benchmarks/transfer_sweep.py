@@ -2,8 +2,8 @@
 
 Each run is the real train -> test -> evaluate stages in a folder of its own (``<runs>/<name>/``) over the same
 prepared data (linked, not copied), with the base params file plus the run's overrides. The summary line of a
-run holds its overrides, the colour gap it closes on unseen test people, the same on training pairs when asked,
-SSIM against the copy baseline, the predicted parsing's mIoU and the training time.
+run holds its overrides, the evaluate stage's numbers (the colour gap it closes on unseen test people, SSIM
+and the copy baseline's, the predicted parsing's mIoU) and the training time.
 
     python benchmarks/transfer_sweep.py --data data --base params.yaml --runs runs.json --out sweep/ --jobs 4
 

@@ -15,7 +15,6 @@ import html
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import tempfile
@@ -30,17 +29,16 @@ import torch
 from PIL import Image
 
 from casd import control, visuals
-from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, REGION_NAMES, flat_stem
-from casd.data.pose import FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS
+from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, REGION_NAMES, flat_category, flat_stem
+from casd.data.dataset import flip_keypoints
+from casd.data.pose import KEYPOINT_NAMES, LIMBS
 from casd.errors import CasdError, DataError
 from casd.fileio import atomic_path
-from casd.inference import DATA_ROOT, Person, Synthesizer
+from casd.inference import DATA_ROOT, Person, Synthesizer, donor_panels, result_strip
 
 DEFAULT_CHECKPOINT = Path("models/generator.pt")
 EDITOR_SIDE = 384  # pose editor canvas height in CSS pixels (an integer multiple of the image height)
 UPLOAD_PREFIX = "upload:"
-
-_CATEGORY_RE = re.compile(r"^fashion(MEN|WOMEN)(.+?)id\d")
 
 
 # --------------------------------------------------------------------------- pose editor <-> prepared frame
@@ -98,20 +96,12 @@ def editor_to_keypoints(value: Mapping[str, Any] | str, image_size: Sequence[int
 
 
 def mirror_keypoints(keypoints: np.ndarray, width: int) -> np.ndarray:
-    """Keypoints [18, 2] (y, x) flipped left-right in an image ``width`` wide (left and right joints swap)."""
-    kp = np.asarray(keypoints, dtype=np.int64)[list(FLIP_PERMUTATION)].copy()
-    present = (kp >= 0).all(axis=1)
-    kp[present, 1] = width - 1 - kp[present, 1]
-    return kp
+    """Keypoints [18, 2] (y, x) flipped left-right in an image ``width`` wide (left and right joints swap), as
+    the training flips them."""
+    return flip_keypoints(torch.as_tensor(np.asarray(keypoints, dtype=np.int64)), width).numpy()
 
 
 # --------------------------------------------------------------------------- model side
-
-def category(name: str) -> str:
-    """``fashionWOMENDressesid...jpg`` -> ``WOMEN Dresses`` ('' for other names)."""
-    match = _CATEGORY_RE.match(name)
-    return f"{match.group(1)} {match.group(2)}" if match else ""
-
 
 @dataclasses.dataclass
 class Choice:
@@ -272,13 +262,16 @@ class Studio:
             return Response(self._answered, rendered, panels, files,
                             self.command_line(choice, "pose.json" if edited else target_name, params))
 
+    def donor_panels(self, choice: Choice) -> list[tuple[str, np.ndarray]]:
+        """(caption, uint8 picture) of each region's donor and of the mix partner, in command-line order."""
+        return donor_panels(((region, self.person(d)) for region, d in choice.donors.items()),
+                            self.person(choice.mix) if choice.mix else None, choice.alpha)
+
     def panels(self, choice: Choice, rendered: Rendered) -> dict[str, Any]:
         """uint8 pictures: source, target pose, donors (captioned strip or None), result, predicted parsing."""
-        donors = [(f"{region} from", self.person(d)) for region, d in choice.donors.items()]
-        if choice.mix:
-            donors.append((f"mix {choice.alpha:g}", self.person(choice.mix)))
+        donors = self.donor_panels(choice)
         # donors side by side, in the order of the command line (captions would not fit small images)
-        donor_strip = visuals.make_strip([visuals.to_uint8(p.image) for _, p in donors], gap=2) if donors else None
+        donor_strip = visuals.make_strip([p for _, p in donors], gap=2) if donors else None
         return {"source": visuals.to_uint8(self.person(choice.source).image),
                 "pose": visuals.draw_skeleton(choice.keypoints, self.image_size),
                 "donors": donor_strip, "result": rendered.image,
@@ -286,18 +279,8 @@ class Studio:
 
     def strip(self, choice: Choice, panels: Mapping[str, Any]) -> np.ndarray:
         """source | target pose | donors | result | predicted parsing (from :meth:`panels`), enlarged, captioned."""
-        pictures = [panels["source"], panels["pose"]]
-        labels = ["source", "target pose"]
-        for region, donor in choice.donors.items():
-            pictures.append(visuals.to_uint8(self.person(donor).image))
-            labels.append(f"{region} from")
-        if choice.mix:
-            pictures.append(visuals.to_uint8(self.person(choice.mix).image))
-            labels.append(f"mix {choice.alpha:g}")
-        pictures += [panels["result"], panels["parsing"]]
-        labels += ["result", "parsing"]
-        scale = max(1, math.ceil(192 / self.image_size[0]))
-        return visuals.make_strip(pictures, gap=2, scale=scale, labels=labels)
+        return result_strip(panels["source"], panels["pose"], self.donor_panels(choice), panels["result"],
+                            panels["parsing"], scale=max(1, math.ceil(192 / self.image_size[0])))
 
     def command_line(self, choice: Choice, pose: str, params: str | None = None) -> str:
         """The ``casd generate`` call that renders the same picture (``pose``: a name or a JSON file)."""
@@ -443,10 +426,10 @@ def build_ui(studio: Studio, *, params: str | None = None):
 
     def gallery_items(query: str) -> tuple[list[tuple[str, str]], list[str]]:
         terms = query.lower().split()
-        names = [n for n in studio.names if all(t in f"{n} {category(n)}".lower() for t in terms)]
+        names = [n for n in studio.names if all(t in f"{n} {flat_category(n)}".lower() for t in terms)]
         items = []
         for n in names:
-            items.append((str(studio.images[n]), f"{flat_stem(n)}  {category(n)}".strip()))
+            items.append((str(studio.images[n]), f"{flat_stem(n)}  {flat_category(n)}".strip()))
         return items, names
 
     first_items, first_names = gallery_items("")

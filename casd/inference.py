@@ -436,17 +436,29 @@ def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir
             picture = visuals.to_uint8(image)
             written.append(visuals.save_png(picture, out_dir / f"{stem}.png"))
             if strips:
-                panels = [visuals.to_uint8(person.image), synth.pose_picture(pose_name),
-                          *[visuals.to_uint8(d.image) for d in donors]]
-                names = ["source", "target pose", *[f"{region} from" for region in swaps]]
-                if partner is not None:
-                    panels.append(visuals.to_uint8(partner.image))
-                    names.append(f"mix {alpha:g}")
-                panels += [picture, visuals.parsing_colours(regions_map)]
-                names += ["result", "parsing"]
-                strip = visuals.make_strip(panels, gap=2, scale=strip_scale, labels=names if labels else None)
+                strip = result_strip(visuals.to_uint8(person.image), synth.pose_picture(pose_name),
+                                     donor_panels(zip(swaps, donors), partner, alpha), picture,
+                                     visuals.parsing_colours(regions_map), scale=strip_scale, labels=labels)
                 written.append(visuals.save_png(strip, out_dir / f"{stem}_strip.png"))
     return written
+
+
+def donor_panels(donors: Iterable[tuple[str, Person]], partner: Person | None = None,
+                 alpha: float = 0.5) -> list[tuple[str, np.ndarray]]:
+    """(caption, uint8 picture) of each region's donor ('<region> from') and the mix partner ('mix <alpha>')."""
+    panels = [(f"{region} from", visuals.to_uint8(donor.image)) for region, donor in donors]
+    if partner is not None:
+        panels.append((f"mix {alpha:g}", visuals.to_uint8(partner.image)))
+    return panels
+
+
+def result_strip(source: np.ndarray, pose: np.ndarray, donors: Sequence[tuple[str, np.ndarray]],
+                 result: np.ndarray, parsing: np.ndarray, *, scale: int = 1, labels: bool = True) -> np.ndarray:
+    """uint8 pictures [H, W, 3] -> source | target pose | donors (:func:`donor_panels`) | result | predicted
+    parsing (coloured), side by side with 2-pixel gaps, ``labels``: captioned, ``scale``: enlarged."""
+    panels = [source, pose, *[p for _, p in donors], result, parsing]
+    names = ["source", "target pose", *[c for c, _ in donors], "result", "parsing"]
+    return visuals.make_strip(panels, gap=2, scale=scale, labels=names if labels else None)
 
 
 # --------------------------------------------------------------------------- the test stage

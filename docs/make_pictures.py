@@ -10,46 +10,37 @@ Takes the first test pairs of data/split/pairs-test.csv (identities the model ne
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from casd.config import run_stage
-from casd.data.layout import PreparedLayout, read_pairs
+from casd.data.layout import PreparedLayout, flat_person, read_pairs
 from casd.inference import Synthesizer
 from casd.visuals import make_grid, make_strip, parsing_colours, save_png, to_uint8
-
-
-def person_of(name: str) -> str:
-    """Flat DeepFashion name -> its person: 'fashionWOMENBlouses_Shirtsid0000004401_7additional.jpg' ->
-    'fashionWOMENBlouses_Shirtsid00000044' (the two digits after the 8-digit id number the person's photo)."""
-    found = re.search(r"id\d{8}", name)
-    return name[:found.end()] if found else name
 
 
 def pictures(checkpoint: Path, data: Path, rows: int, out: Path, scale: int = 3) -> list[Path]:
     synth = Synthesizer.from_checkpoint(checkpoint, data_root=data)
     pairs, seen = [], set()
     for source, target in read_pairs(PreparedLayout(data).pairs("test")):
-        person = person_of(source)
+        person = flat_person(source)
         if person not in seen:  # one row per person
             seen.add(person)
             pairs.append((source, target))
         if len(pairs) == rows:
             break
+    people = {name: synth.person(name) for pair in pairs for name in pair}
     transfer_rows, tryon_rows = [], []
     for i, (source, target) in enumerate(pairs):
-        image, parsing = synth.transfer_with_parsing(source, target)
-        truth = synth.person(target).image
-        panels = [to_uint8(synth.person(source).image), synth.pose_picture(target), to_uint8(image),
-                  to_uint8(truth), parsing_colours(parsing)]
+        image, parsing = synth.transfer_with_parsing(people[source], target)
+        donor = people[pairs[(i + 1) % len(pairs)][0]]
+        tried = synth.swap(people[source], target, {"upper_clothes": donor})
+        source_panel, pose_panel = to_uint8(people[source].image), synth.pose_picture(target)
+        panels = [source_panel, pose_panel, to_uint8(image), to_uint8(people[target].image), parsing_colours(parsing)]
         labels = ["source", "pose", "generated", "truth", "parsing"] if i == 0 else None
         transfer_rows.append(make_strip(panels, gap=2, scale=scale, labels=labels))
-        donor = pairs[(i + 1) % len(pairs)][0]
-        tried = synth.swap(source, target, {"upper_clothes": donor})
-        panels = [to_uint8(synth.person(source).image), synth.pose_picture(target),
-                  to_uint8(synth.person(donor).image), to_uint8(tried)]
         labels = ["source", "pose", "donor", "try-on"] if i == 0 else None
-        tryon_rows.append(make_strip(panels, gap=2, scale=scale, labels=labels))
+        tryon_rows.append(make_strip([source_panel, pose_panel, to_uint8(donor.image), to_uint8(tried)], gap=2,
+                                     scale=scale, labels=labels))
     return [save_png(make_grid(transfer_rows, gap=2), out / "pose_transfer.png"),
             save_png(make_grid(tryon_rows, gap=2), out / "tryon.png")]
 

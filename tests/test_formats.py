@@ -12,7 +12,8 @@ import torch
 from casd.errors import ConfigError, DataError
 from PIL import Image
 
-from casd.data.layout import (LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, PreparedLayout, flat_name,
+from casd.data.layout import (LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, PreparedLayout, flat_category,
+                              flat_name, flat_person,
                               merge_parsing, parsing_onehot, raw_file, read_annotations, read_image, read_list,
                               read_pairs, read_regions, rescale_keypoints, write_annotations)
 
@@ -43,6 +44,14 @@ def row(name="fashionMENDenimid0000008001_1front.jpg", ys=GOOD_Y, xs=GOOD_X):
 ])
 def test_flat_name_examples(path, flat):
     assert flat_name(path) == flat
+
+
+def test_a_flat_name_tells_its_person_and_category():
+    name = flat_name("img_highres/WOMEN/Blouses_Shirts/id_00000044/02_7_additional.jpg")
+    assert flat_person(name) == "fashionWOMENBlouses_Shirtsid00000044"
+    assert flat_person(name) == flat_person(name.replace("02_7additional", "01_1front"))
+    assert flat_category(name) == "WOMEN Blouses_Shirts"
+    assert flat_category("me.jpg") == ""
 
 
 @pytest.mark.parametrize("path, problem", [

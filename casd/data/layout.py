@@ -350,6 +350,26 @@ def flat_name(relpath: str | Path) -> str:
     return f"fashion{gender}{category}{identity.replace('_', '')}{number}_{rest.replace('_', '')}.jpg"
 
 
+def flat_category(name: str) -> str:
+    """Flat name -> its gender and category ('' for other names).
+
+    >>> flat_category("fashionWOMENBlouses_Shirtsid0000004401_7additional.jpg")
+    'WOMEN Blouses_Shirts'
+    """
+    match = re.match(r"^fashion(MEN|WOMEN)(.+?)id\d", name)
+    return f"{match.group(1)} {match.group(2)}" if match else ""
+
+
+def flat_person(name: str) -> str:
+    """Flat name -> the person it shows (gender, category and identity; the photo number dropped).
+
+    >>> flat_person("fashionWOMENBlouses_Shirtsid0000004401_7additional.jpg")
+    'fashionWOMENBlouses_Shirtsid00000044'
+    """
+    found = re.search(r"id\d{8}", name)
+    return name[:found.end()] if found else name
+
+
 def flat_stem(name: str) -> str:
     """``fashion...front.jpg`` -> ``fashion...front`` (the parsing PNG stem)."""
     return name[:-4] if name.endswith(".jpg") else name
