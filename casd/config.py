@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from casd.errors import ConfigError, user_error_message
+from casd.fileio import stop_signals_as_interrupt
 
 T = TypeVar("T")
 
@@ -126,9 +127,13 @@ def resolve_device(spec: str, local_rank: int | None = None):
 
 def run_stage(main: Callable[[], Any]) -> None:
     """Run a stage's or a command's ``main``; a user-caused error (see ``user_error_message``) becomes one
-    line on stderr and exit status 1; anything else is a bug and keeps its traceback."""
+    line on stderr and exit status 1; anything else is a bug and keeps its traceback. Ctrl-C and SIGTERM
+    are the one line ``interrupted`` and exit status 130."""
     try:
-        main()
+        # Stage scripts import under SIGINT's default action; from here Ctrl-C and SIGTERM (kill, a scheduler)
+        # unwind, so that cleanup code runs.
+        with stop_signals_as_interrupt():
+            main()
     except Exception as e:
         message = user_error_message(e)
         if message is None:

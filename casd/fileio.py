@@ -28,51 +28,95 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the final file the permissions an ordinary open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
-    try:
+    tmp_path = None
+    try:   # from the temporary file's creation on: an interrupt at any point removes it
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        tmp_path = Path(tmp)
+        os.close(fd)
+        # mkstemp creates 0600; give the final file the permissions an ordinary open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 
 TEMP_PATTERN = ".*.tmp*"  # what atomic_path names its temporary files
 
 
-def remove_temp_files(folder: str | Path) -> int:
-    """Delete the temporary files :func:`atomic_path` left in ``folder`` (a killed writer); returns how many."""
+def remove_temp_files(folder: str | Path, recursive: bool = False) -> int:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (a killed writer), in its sub-folders
+    too with ``recursive``; returns how many."""
     removed = 0
     folder = Path(folder)
     if folder.is_dir():
-        for path in folder.glob(TEMP_PATTERN):
+        for path in (folder.rglob if recursive else folder.glob)(TEMP_PATTERN):
             if path.is_file() and ".tmp" in path.name:
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
 
 
+def remove_output_temp_files(outputs: list[str | Path]) -> int:
+    """Delete what :func:`atomic_path` left for ``outputs`` (a writer killed, even by SIGKILL): in a folder and
+    all its sub-folders, or beside a file (that file's temporary names only); returns how many."""
+    removed = 0
+    for output in map(Path, outputs):
+        if output.is_dir():
+            removed += remove_temp_files(output, recursive=True)
+        elif output.parent.is_dir():
+            for path in output.parent.glob(f".{output.name}.*.tmp*"):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+_received: list[int] = []   # stop signals received inside stop_signals_as_interrupt blocks
+
+
 def _interrupt(signum, frame):
+    _received.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if a stop signal came that the code it landed in swallowed.
+
+    Python raises a signal handler's exception wherever the main thread is, also inside a weakref callback or
+    a fork handler, which print "Exception ignored" and carry on; long loops call this between items so that
+    such a signal still stops them.
+    """
+    if _received:
+        raise KeyboardInterrupt(f"signal {_received[-1]}")
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises KeyboardInterrupt, so that ``finally`` clauses (temp-file removal) run."""
+def stop_signals_as_interrupt(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM raise KeyboardInterrupt, so that ``finally`` clauses (temp-file
+    removal) run; :func:`raise_if_interrupted` catches one that landed where exceptions are swallowed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    outermost = all(signal.getsignal(s) is not _interrupt for s in signals)
+    if outermost:
+        _received.clear()
+    previous = [signal.signal(s, _interrupt) for s in signals]
     try:
         yield
+        if outermost:
+            raise_if_interrupted()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in zip(signals, previous):
+            signal.signal(s, handler)
+
+
+def sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt, so that ``finally`` clauses (temp-file removal) run."""
+    return stop_signals_as_interrupt((signal.SIGTERM,))
 
 
 def write_text(path: str | Path, text: str) -> None:

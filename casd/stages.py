@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from casd.config import DEFAULT_PARAMS, Params, run_stage
 from casd.data.layout import PHASES, PREPARED, DataConfig
+from casd.fileio import remove_output_temp_files
 
 
 def synth(params: Params) -> dict[str, object]:
@@ -83,6 +84,17 @@ def evaluate(params: Params, track: bool = True) -> Any:
     return run_evaluation(params.section(EvaluateConfig, "evaluate"), params=params.values, track=track)
 
 
+# What each stage writes (dvc.yaml's outs, metrics and plots; tests/test_stages.py checks): what a writer
+# killed mid-file left there (even by SIGKILL) is removed before the stage runs and when it stops.
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "synth": ("data/raw",), "split": ("data/split",), "resize": ("data/resized",), "pose": ("data/pose",),
+    "segment": ("data/parsing",),
+    "train": ("models/generator.pt", "checkpoints", "reports/train_samples.png", "metrics/train.json",
+              "metrics/mlflow_run.json", "metrics/train_loss.csv"),
+    "test": ("data/generated", "data/predicted_parsing", "data/strips"),
+    "evaluate": ("reports/eval_pairs.csv", "reports/eval_protocol.json", "reports/index.html", "metrics/eval.json"),
+}
+
 STAGES: dict[str, Callable[[Params], Any]] = {
     "synth": synth, "split": split, "resize": resize, "pose": pose, "segment": segment, "train": train,
     "test": test, "evaluate": evaluate}
@@ -90,4 +102,11 @@ STAGES: dict[str, Callable[[Params], Any]] = {
 
 def main(name: str) -> None:
     """``stages/<name>.py``: run stage ``name`` on params.yaml; a user error is one line, exit status 1."""
-    run_stage(lambda: STAGES[name](Params.load(DEFAULT_PARAMS)))
+    def clean_run() -> None:
+        remove_output_temp_files(list(OUTPUTS[name]))
+        try:
+            STAGES[name](Params.load(DEFAULT_PARAMS))
+        finally:
+            remove_output_temp_files(list(OUTPUTS[name]))
+
+    run_stage(clean_run)

@@ -1,6 +1,10 @@
 """Stage split: listed raw images -> data/split/{train,test}/<flat name>.jpg + validated pairs CSVs."""
 
-from casd.stages import main
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C while importing: end quietly (nothing written yet)
+
+from casd.stages import main  # noqa: E402  (run_stage turns Ctrl-C into one line from here on)
 
 if __name__ == "__main__":
     main("split")

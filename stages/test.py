@@ -1,6 +1,10 @@
 """Stage: generate every test pair with the trained (or an upstream) generator (see casd/inference.py)."""
 
-from casd.stages import main
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C while importing: end quietly (nothing written yet)
+
+from casd.stages import main  # noqa: E402  (run_stage turns Ctrl-C into one line from here on)
 
 if __name__ == "__main__":
     main("test")

@@ -276,7 +276,11 @@ def test_every_listed_image_needs_exactly_one_annotation_row(tiny_raw, tmp_path,
     with pytest.raises(DataError, match="annotation-train.csv"):
         split(tiny_data_config, raw, tmp_path / "split", tmp_path / "reports")
     skip = dataclasses.replace(tiny_data_config, on_error="skip")
-    split(skip, raw, tmp_path / "split", tmp_path / "reports")
+    if damage == "header only":   # skipping every train image is no finished split
+        with pytest.raises(DataError, match=r"train.lst: split: none of the 12 train item\(s\)"):
+            split(skip, raw, tmp_path / "split", tmp_path / "reports")
+    else:
+        split(skip, raw, tmp_path / "split", tmp_path / "reports")
     report = (tmp_path / "reports" / "skipped-split.csv").read_text()
     placed = {p.name for p in (tmp_path / "split" / "train").glob("*.jpg")}
     assert not placed & set(victims) and placed == set(names) - set(victims)

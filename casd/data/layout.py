@@ -313,6 +313,14 @@ class ErrorPolicy:
         return path
 
 
+def require_written(stage: str, phase: str, asked: int, written: int, where: str | Path) -> None:
+    """A stage asked for ``asked`` items of ``phase`` that wrote none fails, whatever ``data.on_error`` says:
+    an empty result must never pass as a finished stage (call after ``ErrorPolicy.write_report``)."""
+    if asked and not written:
+        raise DataError(where, f"{stage}: none of the {asked} {phase} item(s) it was asked for could be written "
+                               f"(reasons: the warnings above, reports/skipped-{stage}.csv)")
+
+
 # --------------------------------------------------------------------------- names
 
 _ID_RE = re.compile(r"^id_\d{8}$")

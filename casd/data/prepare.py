@@ -9,11 +9,8 @@ import io
 import json
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Callable
-from multiprocessing import get_context
-from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +18,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from casd.errors import DataError
+from casd.data.parallel import WorkerPool
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json
 from casd.data.layout import (IMAGE_TREE, LIP_TO_REGION, PARSING_TREE, PHASES, PREPARED, REPORTS_DIR, DataConfig,
                               ErrorPolicy, InputGuard, annotation_file, flat_name, flat_stem, list_file, pairs_file,
-                              raw_file, read_annotations, read_list, read_pairs_rows, write_pairs)
+                              raw_file, read_annotations, read_list, read_pairs_rows, require_written,
+                              write_pairs)
 
 MANIFEST = ".inputs.json"   # settings + content digest of the input of every output in the folder
 SOURCES = "sources.csv"     # data/split/sources.csv: phase, flat name, the file under data.root it came from
@@ -62,40 +61,22 @@ def _load_manifest(folder: Path, settings: dict) -> dict[str, str]:
     return {}
 
 
-def _worker_init() -> None:
-    # Pool.terminate() sends SIGTERM: unwind, so that atomic_path removes the worker's temporary file.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
 def _run_jobs(function: Callable[[tuple], Result], jobs: list[tuple], workers: int, desc: str,
               policy: ErrorPolicy, done: dict[str, str], threads: bool = False) -> None:
     """Run ``function`` over ``jobs`` in parallel; problems go to ``policy``, finished outputs' digests to ``done``.
 
-    A failure, Ctrl-C or SIGTERM stops the pool; the caller removes what the killed writers left
-    (:func:`casd.fileio.remove_temp_files`) and records ``done`` so that a rerun skips it.
+    A failure, Ctrl-C or SIGTERM stops the pool (:class:`casd.data.parallel.WorkerPool`); the caller removes
+    what the killed writers left (:func:`casd.fileio.remove_temp_files`) and records ``done`` so that a rerun
+    skips it.
     """
-    progress = tqdm(total=len(jobs), desc=desc, unit="file", disable=None)
-
-    def consume(results) -> None:
-        for name, digest, problem in results:
+    with tqdm(total=len(jobs), desc=desc, unit="file", disable=None) as progress, sigterm_as_interrupt(), \
+            WorkerPool(workers, threads=threads) as pool:
+        for name, digest, problem in pool.map(function, jobs):
             progress.update()
             if problem is not None:
                 policy.handle(DataError(problem[0], problem[2], problem[1]))
             elif digest is not None:
                 done[name] = digest
-
-    try:
-        with sigterm_as_interrupt():
-            if workers <= 1 or len(jobs) < 2:
-                consume(map(function, jobs))
-            elif threads:
-                with ThreadPool(min(workers, len(jobs))) as pool:
-                    consume(pool.imap_unordered(function, jobs, chunksize=8))
-            else:
-                with get_context("fork").Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
-                    consume(pool.imap_unordered(function, jobs, chunksize=max(1, min(64, len(jobs) // (8 * workers)))))
-    finally:
-        progress.close()
 
 
 def _finish(folder: Path, settings: dict, done: dict[str, str], keep: set[str]) -> None:
@@ -234,6 +215,8 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
     summary["skipped"] = len(policy.skipped)
     write_json(Path(reports_dir) / "split.json", summary)
     policy.write_report("split", reports_dir)
+    for phase in PHASES:
+        require_written("split", phase, len(lists[phase]), len(placed[phase]), list_paths[phase])
     return summary
 
 
@@ -290,7 +273,7 @@ def resize(data: DataConfig, split_dir: str | Path = PREPARED.split_dir, out_dir
                 "annotation_size": list(data.annotation_size), "filter": data.resize_filter,
                 "quality": data.jpeg_quality}
     shown = read_sources(split_dir)
-    counts = {}
+    counts, asked = {}, {}
     for phase in PHASES:
         if not (split_dir / phase).is_dir():
             raise DataError(split_dir / phase, "folder not found (run the split stage first)")
@@ -308,7 +291,10 @@ def resize(data: DataConfig, split_dir: str | Path = PREPARED.split_dir, out_dir
             _finish(target_dir, settings, done, {s.name for s in sources})
         _remove_stale(target_dir, set(done), ".jpg")  # a bad input leaves no output, not an old one
         counts[phase] = len(done)
+        asked[phase] = len(sources)
     policy.write_report("resize", reports_dir)
+    for phase in PHASES:
+        require_written("resize", phase, asked[phase], counts[phase], split_dir / phase)
     return counts
 
 
@@ -357,7 +343,7 @@ def segment(data: DataConfig, raw_dir: str | Path | None = None, split_dir: str 
     frame_key = "data.image_size, data.parsing_frame: image" if as_image else "data.annotation_size"
     crop_border = 0 if as_image else data.crop_border
     settings = {"image_size": list(data.image_size), "crop_border": crop_border, "frame": list(expected)}
-    counts = {}
+    counts, asked = {}, {}
     for phase in PHASES:
         if not (split_dir / phase).is_dir():
             raise DataError(split_dir / phase, "folder not found (run the split stage first)")
@@ -385,6 +371,9 @@ def segment(data: DataConfig, raw_dir: str | Path | None = None, split_dir: str 
             _finish(target_dir, settings, done, {f"{s}.png" for s in stems})
         _remove_stale(target_dir, set(done), ".png")
         counts[phase] = len(done)
+        asked[phase] = len(stems)
     counts["links"] = guard.links
     policy.write_report("segment", reports_dir)
+    for phase in PHASES:
+        require_written("segment", phase, asked[phase], counts[phase], raw_dir / PARSING_TREE)
     return counts

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from casd.errors import ConfigError, DataError
-from casd.fileio import atomic_path, write_json, write_text
+from casd.data.parallel import WorkerPool
+from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json, write_text
 from casd.data.layout import (IMAGE_TREE, NUM_KEYPOINTS, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR,
                               DataConfig, annotation_file, flat_name, flat_stem, list_file, pairs_file, raw_file,
                               rescale_keypoints, write_annotations, write_pairs)
@@ -578,17 +578,14 @@ def generate(config: SynthConfig, annotation_size: tuple[int, int] = (256, 176),
     jobs = [(config.seed, p, config.poses_per_identity, config.image_size, tuple(annotation_size), str(out_dir))
             for p in identities]
     results: list[list[tuple[str, str, np.ndarray]]] = []
-    progress = tqdm(total=len(jobs) * config.poses_per_identity, desc="synth", unit="img", disable=None)
-    if workers > 1:
-        with get_context("fork").Pool(workers) as pool:
-            for rows in pool.imap(_render_identity, jobs):
+    try:
+        with tqdm(total=len(jobs) * config.poses_per_identity, desc="synth", unit="img", disable=None) as progress, \
+                sigterm_as_interrupt(), WorkerPool(workers) as pool:
+            for rows in pool.map(_render_identity, jobs, ordered=True):
                 results.append(rows)
                 progress.update(len(rows))
-    else:
-        for job in jobs:
-            results.append(_render_identity(job))
-            progress.update(len(results[-1]))
-    progress.close()
+    finally:   # what killed writers left
+        remove_temp_files(out_dir, recursive=True)
 
     counts: dict[str, int] = {}
     for phase in PHASES:
