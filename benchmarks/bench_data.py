@@ -51,10 +51,13 @@ def bench_pose_stage(n: int, workdir: Path) -> dict[str, float]:
         kp = random_keypoints(count, rng)
         write_annotations(raw / f"fashion-resize-annotation-{phase}.csv",
                           {f"fashionMENDenimid{i:08d}01_1front.jpg": kp[i] for i in range(count)})
+        (workdir / "split" / phase).mkdir(parents=True, exist_ok=True)
+        for i in range(count):   # the split stage's images (pose reads their names)
+            (workdir / "split" / phase / f"fashionMENDenimid{i:08d}01_1front.jpg").touch()
     total = n + max(1, n // 10)
     data = DataConfig(image_size=SIZE, annotation_size=SIZE, workers=1)
     start, cpu_start = time.perf_counter(), time.process_time()
-    extract_pose(data, PoseConfig(), raw, workdir / "pose", workdir / "reports")
+    extract_pose(data, PoseConfig(), raw, workdir / "pose", workdir / "reports", workdir / "split")
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     written = sum(p.stat().st_size for p in (workdir / "pose").glob("*.npz"))
     return {"ms_per_image": 1000 * seconds / total, "cpu_ms_per_image": 1000 * cpu_seconds / total,

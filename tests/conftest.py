@@ -50,7 +50,7 @@ def tiny_prepared(tiny_raw, tiny_data_config) -> Path:
     reports = root / "reports"
     split(tiny_data_config, tiny_raw, root / "split", reports)
     resize(tiny_data_config, root / "split", root / "resized", reports)
-    extract_pose(tiny_data_config, PoseConfig(), tiny_raw, root / "pose", reports)
+    extract_pose(tiny_data_config, PoseConfig(), tiny_raw, root / "pose", reports, root / "split")
     segment(tiny_data_config, tiny_raw, root / "split", root / "parsing", reports)
     return root
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from casd.errors import DataError
-from casd.data.layout import DataConfig, read_annotations, rescale_keypoints, write_annotations
+from casd.data.layout import (DataConfig, annotation_file, raw_file, read_annotations, rescale_keypoints,
+                              write_annotations)
 from casd.data.pose import (FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS, PoseConfig, extract_pose, limb_maps, load_keypoints,
                        pose_input, pose_maps)
 
@@ -130,9 +132,18 @@ def test_pose_stage_on_tiny_set(tiny_prepared, tiny_data_config):
     assert (all_kp == -1).any() and (all_kp >= 0).mean() > 0.6  # some joints missing, most present
 
 
-def test_pose_stage_exports_upstream_npy(tiny_raw, tiny_data_config, tmp_path):
+def split_of(raw: Path, split_dir: Path) -> Path:
+    """The split stage's image folders for the images annotated in ``raw`` (empty files: pose reads names)."""
+    for phase in ("train", "test"):
+        (split_dir / phase).mkdir(parents=True, exist_ok=True)
+        for name in read_annotations(raw_file(raw, annotation_file(phase))):
+            (split_dir / phase / name).touch()
+    return split_dir
+
+
+def test_pose_stage_exports_upstream_npy(tiny_prepared, tiny_raw, tiny_data_config, tmp_path):
     counts = extract_pose(tiny_data_config, PoseConfig(export_upstream_npy=True), tiny_raw, tmp_path / "pose",
-                          tmp_path / "reports")
+                          tmp_path / "reports", tiny_prepared / "split")
     stored = load_keypoints(tmp_path / "pose" / "test.npz")
     assert counts["test"] == len(stored) > 0
     for name, kp in stored.items():
@@ -148,6 +159,7 @@ def test_pose_stage_exports_upstream_npy(tiny_raw, tiny_data_config, tmp_path):
 def test_pose_stage_bad_rows_fail_or_skip(tiny_raw, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)
+    split_dir = split_of(raw, tmp_path / "split")
     path = raw / "fashion-resize-annotation-test.csv"
     lines = path.read_text().splitlines()
     name, ys, xs = lines[1].split(":")
@@ -155,10 +167,10 @@ def test_pose_stage_bad_rows_fail_or_skip(tiny_raw, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     config = DataConfig(image_size=(64, 44), annotation_size=(128, 88), workers=1)
     with pytest.raises(DataError, match=r"annotation-test.csv, row 2: keypoints_x has 3 values, expected 18"):
-        extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports")
+        extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports", split_dir)
     assert not (tmp_path / "pose" / "test.npz").exists()  # never a half-written output
     config.on_error = "skip"
-    counts = extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports")
+    counts = extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports", split_dir)
     assert name not in load_keypoints(tmp_path / "pose" / "test.npz") and counts["test"] == len(lines) - 2
     assert "keypoints_x has 3 values" in (tmp_path / "reports" / "skipped-pose.csv").read_text()
 
@@ -166,11 +178,24 @@ def test_pose_stage_bad_rows_fail_or_skip(tiny_raw, tmp_path):
 def test_pose_stage_wrong_separator(tiny_raw, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)
+    split_dir = split_of(raw, tmp_path / "split")
     path = raw / "fashion-resize-annotation-train.csv"
     path.write_text(path.read_text().replace(":", ";"))
     config = DataConfig(image_size=(64, 44), annotation_size=(128, 88), workers=1, on_error="skip")
     with pytest.raises(DataError, match=r"annotation-train.csv, row 1: wrong separator ';', expected ':'"):
-        extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports")
+        extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports", split_dir)
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_pose_stage_fails_when_split_images_have_no_rows(tiny_prepared, tiny_raw, tmp_path, on_error):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    path = raw_file(raw, annotation_file("train"))
+    path.write_text(path.read_text().splitlines()[0] + "\n")   # header only: no keypoints for any train image
+    config = DataConfig(image_size=(64, 44), annotation_size=(128, 88), workers=1, on_error=on_error)
+    problem = "has no valid keypoint row" if on_error == "fail" else "pose: none of the 12 train item"
+    with pytest.raises(DataError, match=rf"annotation-train.csv: .*{problem}"):
+        extract_pose(config, PoseConfig(), raw, tmp_path / "pose", tmp_path / "reports", tiny_prepared / "split")
 
 
 def test_load_keypoints_rejects_other_files(tmp_path):
@@ -216,9 +241,10 @@ def test_upstream_geometry_keypoints_as_is_give_upstream_256x256_maps(tmp_path):
     raw.mkdir()
     for phase in ("train", "test"):
         write_annotations(raw / f"fasion-resize-annotation-{phase}.csv", keypoints)
+    split_dir = split_of(raw, tmp_path / "split")
     config = DataConfig(image_size=(256, 256), annotation_size=(256, 176), keypoint_frame="as_is", workers=1)
     extract_pose(config, PoseConfig(mode="onehot", export_upstream_npy=True), raw, tmp_path / "pose",
-                 tmp_path / "reports")
+                 tmp_path / "reports", split_dir)
     stored = load_keypoints(tmp_path / "pose" / "train.npz")
     for name, kp in keypoints.items():
         expected = upstream_cords_to_map(kp, (256, 256))
@@ -227,6 +253,6 @@ def test_upstream_geometry_keypoints_as_is_give_upstream_256x256_maps(tmp_path):
         assert np.array_equal(rendered.permute(1, 2, 0).to(torch.uint8).numpy(), expected)
         assert np.array_equal(np.load(tmp_path / "pose" / "trainK" / f"{name}.npy"), expected)
     rescaled = DataConfig(image_size=(256, 256), annotation_size=(256, 176), workers=1)
-    extract_pose(rescaled, PoseConfig(), raw, tmp_path / "pose2", tmp_path / "reports")
+    extract_pose(rescaled, PoseConfig(), raw, tmp_path / "pose2", tmp_path / "reports", split_dir)
     other = load_keypoints(tmp_path / "pose2" / "train.npz")["fashionMENDenimid0000000901_1front.jpg"]
     assert other[1].tolist() == [255, 255]   # the default rescales to the image frame instead

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt
 from casd.data.layout import (NUM_KEYPOINTS, PHASES, PREPARED, REPORTS_DIR, DataConfig, ErrorPolicy, InputGuard,
-                              annotation_file, raw_file, read_annotations, rescale_keypoints)
+                              annotation_file, raw_file, read_annotations, require_written, rescale_keypoints)
 
 KEYPOINT_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
                   "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
@@ -181,24 +181,33 @@ def pose_input(keypoints: torch.Tensor, size: tuple[int, int], mode: str = "oneh
 # --------------------------------------------------------------------------- stage
 
 def extract_pose(data: DataConfig, pose: PoseConfig, raw_dir: str | Path | None = None,
-                 out_dir: str | Path = PREPARED.pose_dir, reports_dir: str | Path = REPORTS_DIR) -> dict[str, int]:
-    """Annotation CSVs of ``raw_dir`` -> ``<out_dir>/{train,test}.npz``; returns {phase: images written}.
+                 out_dir: str | Path = PREPARED.pose_dir, reports_dir: str | Path = REPORTS_DIR,
+                 split_dir: str | Path = PREPARED.split_dir) -> dict[str, int]:
+    """Keypoints of every split image (``<split_dir>/<phase>/*.jpg``) from the annotation CSVs of ``raw_dir``
+    -> ``<out_dir>/{train,test}.npz``; returns {phase: images written}.
 
-    Bad rows raise a :class:`DataError`, or are skipped and listed in
-    ``reports/skipped-pose.csv`` with ``data.on_error: skip``. With ``pose.export_upstream_npy`` each image
-    also gets ``<out_dir>/<phase>K/<name>.npy`` (H x W x 18 uint8 one-hot), the
-    dense format upstream's loader reads.
+    A split image without a valid row, or a bad row, raises a :class:`DataError`, or is skipped and listed
+    in ``reports/skipped-pose.csv`` with ``data.on_error: skip``; a phase with split images and no keypoints
+    written is an error either way. With ``pose.export_upstream_npy`` each image also gets
+    ``<out_dir>/<phase>K/<name>.npy`` (H x W x 18 uint8 one-hot), the dense format upstream's loader reads.
     """
     raw_dir = Path(raw_dir) if raw_dir is not None else data.raw_dir()
-    out_dir = Path(out_dir)
+    out_dir, split_dir = Path(out_dir), Path(split_dir)
     policy = ErrorPolicy(data.on_error)
     guard = InputGuard(raw_dir, data.follow_external_links)
     counts: dict[str, int] = {}
+    asked: dict[str, list[str]] = {}
     for phase in PHASES:
+        if not (split_dir / phase).is_dir():
+            raise DataError(split_dir / phase, "folder not found (run the split stage first)")
+        asked[phase] = sorted(p.name for p in (split_dir / phase).glob("*.jpg"))
         path = raw_file(raw_dir, annotation_file(phase))
         guard.resolve(path)
         annotations = read_annotations(path, frame=data.annotation_size, policy=policy)
-        names = sorted(annotations)
+        for name in [n for n in asked[phase] if n not in annotations]:
+            policy.handle(DataError(path, f"{name} (in {split_dir / phase}) has no valid keypoint row; every split "
+                                          "image needs one (run the split stage again after editing the CSV)"))
+        names = [n for n in asked[phase] if n in annotations]
         stacked = np.stack([annotations[n] for n in names]) if names else np.zeros((0, NUM_KEYPOINTS, 2), np.int64)
         if data.keypoint_frame == "as_is":  # upstream: annotation coordinates drawn into the image frame unchanged
             keypoints = stacked.astype(np.int16)
@@ -210,6 +219,8 @@ def extract_pose(data: DataConfig, pose: PoseConfig, raw_dir: str | Path | None 
             export_upstream_npy(names, keypoints, data.image_size, out_dir / f"{phase}K")
         counts[phase] = len(names)
     policy.write_report("pose", reports_dir)
+    for phase in PHASES:
+        require_written("pose", phase, len(asked[phase]), counts[phase], raw_file(raw_dir, annotation_file(phase)))
     return counts
 
 
