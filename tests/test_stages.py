@@ -191,3 +191,13 @@ def test_importing_the_cli_loads_no_torch():
     code = "import sys, casd.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def _declared_outputs(stage: str) -> set[str]:
+    entries = [e for key in ("outs", "metrics", "plots") for e in DVC_STAGES[stage].get(key, [])]
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+
+@pytest.mark.parametrize("stage", list(DVC_STAGES))
+def test_stage_cleans_the_temporary_files_of_exactly_its_dvc_outputs(stage):
+    assert set(stages.OUTPUTS[stage]) == _declared_outputs(stage)
