@@ -37,6 +37,8 @@ from casd.fileio import atomic_path
 from casd.inference import DATA_ROOT, Person, Synthesizer, donor_panels, result_strip
 
 DEFAULT_CHECKPOINT = Path("models/generator.pt")
+GALLERY_PAGE = 60  # pictures per gallery page
+NAME_CHOICES = 30  # names a name box lists (the first ones, or those matching what was typed)
 EDITOR_SIDE = 384  # pose editor canvas height in CSS pixels (an integer multiple of the image height)
 UPLOAD_PREFIX = "upload:"
 
@@ -147,10 +149,26 @@ class Studio:
         self._lock = threading.RLock()
         self._answered = 0
         # prepared people: name -> image file (those with a parsing map), and the names with keypoints
-        self.images = {n: path for n, path, phase in (self._find(n) for n in sorted(synth.layout.image_names()))
-                       if path is not None and synth.layout.parsing_map(phase, n).is_file()}
+        self.list_people({n: path for n, path, phase in (self._find(n) for n in sorted(synth.layout.image_names()))
+                          if path is not None and synth.layout.parsing_map(phase, n).is_file()},
+                         sorted(synth.keypoint_table()))
+
+    def list_people(self, images: Mapping[str, Path], pose_names: Sequence[str]) -> None:
+        """The people the page offers: ``images`` {name: image file}, ``pose_names`` (names with keypoints)."""
+        self.images = dict(images)
         self.names = list(self.images)
-        self.pose_names = sorted(synth.keypoint_table())
+        self.pose_names = list(pose_names)
+        self._pose_set = set(self.pose_names)
+        self._search_text = [f"{n} {flat_category(n)}".lower() for n in self.names]
+
+    def search(self, query: str, poses: bool = False) -> list[str]:
+        """Names (with keypoints only, with ``poses``) that contain every word of ``query``, any case."""
+        terms = query.lower().split()
+        found = [n for n, text in zip(self.names, self._search_text) if all(t in text for t in terms)]
+        return [n for n in found if n in self._pose_set] if poses else found
+
+    def has_pose(self, name: str) -> bool:
+        return name in self._pose_set
 
     def _find(self, name: str) -> tuple[str, Path | None, str | None]:
         found = self.synth.layout.find_image(name)
@@ -422,17 +440,24 @@ def build_ui(studio: Studio, *, params: str | None = None):
     h, w = studio.image_size
     out_dir = Path(tempfile.mkdtemp(prefix="casd-app-"))  # results the page serves; gone when the process ends
     atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-    donor_choices = [("(the source's own)", "")] + [(n, n) for n in studio.names]
+    own = ("(the source's own)", "")
 
-    def gallery_items(query: str) -> tuple[list[tuple[str, str]], list[str]]:
-        terms = query.lower().split()
-        names = [n for n in studio.names if all(t in f"{n} {flat_category(n)}".lower() for t in terms)]
-        items = []
-        for n in names:
-            items.append((str(studio.images[n]), f"{flat_stem(n)}  {flat_category(n)}".strip()))
-        return items, names
+    # The page stays small whatever the dataset: the gallery shows one page of the search, and a name box
+    # lists a few names until the user types, then the server's matches (names outside the list are accepted
+    # and checked when used).
+    def gallery_page(query: str, page: int) -> tuple[Any, list[str], int, str]:
+        found = studio.search(query)
+        pages = max(1, math.ceil(len(found) / GALLERY_PAGE))
+        page = min(max(0, page), pages - 1)
+        names = found[page * GALLERY_PAGE:(page + 1) * GALLERY_PAGE]
+        items = [(str(studio.images[n]), f"{flat_stem(n)}  {flat_category(n)}".strip()) for n in names]
+        return items, names, page, f"{len(found)} people · page {page + 1} of {pages}"
 
-    first_items, first_names = gallery_items("")
+    def name_choices(typed: str = "", poses: bool = False, donor: bool = False) -> list:
+        names = studio.search(typed, poses)[:NAME_CHOICES]
+        return [own, *[(n, n) for n in names]] if donor else names
+
+    first_items, first_names, _, first_label = gallery_page("", 0)
     roles = ["source", "target pose", "mix partner"] + [f"donor: {r}" for r in REGION_NAMES]
 
     with gr.Blocks(title="casd app", analytics_enabled=False) as page:
@@ -448,12 +473,16 @@ def build_ui(studio: Studio, *, params: str | None = None):
                 gallery = gr.Gallery(value=first_items, columns=10, height=260, allow_preview=False, fit_columns=False,
                                      object_fit="contain", label="Prepared people", elem_id="gallery",
                                      elem_classes=["pixelated"])
-                shown_names = gr.State(first_names)
+                with gr.Row():
+                    previous_page = gr.Button("Previous", elem_id="previous-page", size="sm")
+                    page_label = gr.Markdown(first_label, elem_id="page-label")
+                    next_page = gr.Button("Next", elem_id="next-page", size="sm")
+                shown_names, page_number = gr.State(first_names), gr.State(0)
             with gr.Column(scale=2):
-                source = gr.Dropdown(studio.names, value=None, label="Source person", elem_id="source",
+                source = gr.Dropdown(name_choices(), value=None, label="Source person", elem_id="source",
                                      allow_custom_value=True, filterable=True)
-                target = gr.Dropdown(studio.pose_names, value=None, label="Target pose from", elem_id="target",
-                                     filterable=True)
+                target = gr.Dropdown(name_choices(poses=True), value=None, label="Target pose from",
+                                     elem_id="target", allow_custom_value=True, filterable=True)
                 with gr.Accordion("Upload a person (image + parsing PNG)", open=False,
                                   elem_id="upload"):
                     upload_image = gr.File(label="Image", elem_id="upload-image")
@@ -473,11 +502,13 @@ def build_ui(studio: Studio, *, params: str | None = None):
                 with gr.Accordion("Donors per region (try-on: upper_clothes, pants; head swap: hair + face)",
                                   open=True):
                     with gr.Row():
-                        donor_boxes = [gr.Dropdown(donor_choices, value="", label=region, filterable=True,
+                        donor_boxes = [gr.Dropdown(name_choices(donor=True), value="", label=region,
+                                                   filterable=True, allow_custom_value=True,
                                                    elem_id=f"donor-{region}", min_width=140)
                                        for region in REGION_NAMES]
                 with gr.Row():
-                    mix = gr.Dropdown(donor_choices, value="", label="Mix with", elem_id="mix", filterable=True)
+                    mix = gr.Dropdown(name_choices(donor=True), value="", label="Mix with", elem_id="mix",
+                                      filterable=True, allow_custom_value=True)
                     alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mix amount (0 = source)",
                                       elem_id="alpha")
                     mix_regions = gr.CheckboxGroup(list(REGION_NAMES), label="Mix only these regions (none: all)",
@@ -527,9 +558,14 @@ def build_ui(studio: Studio, *, params: str | None = None):
         render_outputs = [show_source, show_pose, show_donors, show_result, show_parsing, downloads, command,
                           status]
 
-        def on_search(query):
-            items, names = gallery_items(query or "")
-            return gr.update(value=items), names
+        def on_search(query, page=0):
+            items, names, page, label = gallery_page(query or "", page)
+            return gr.update(value=items), names, page, label
+
+        def typed_in(poses: bool = False, donor: bool = False):
+            def on_key(key: gr.KeyUpData):
+                return gr.update(choices=name_choices(key.input_value or "", poses, donor))
+            return on_key
 
         def on_pick(role_value, names, evt: gr.SelectData):
             name = names[evt.index] if evt.index is not None and evt.index < len(names) else None
@@ -547,7 +583,7 @@ def build_ui(studio: Studio, *, params: str | None = None):
             return updates
 
         def on_target(target_name):
-            if not target_name:
+            if not target_name or not studio.has_pose(target_name):
                 return gr.skip(), gr.skip()
             kp = studio.keypoints(target_name)
             return keypoints_to_editor(kp, studio.image_size), hidden_names(kp)
@@ -578,11 +614,19 @@ def build_ui(studio: Studio, *, params: str | None = None):
                 key = studio.add_upload(image_file, parsing_file)
             except CasdError as e:
                 return (*[gr.skip()] * (2 + NUM_REGIONS), _status(f"error: {e}", error=True))
-            people = [*studio.names, *studio.uploaded_keys()]
-            others = gr.update(choices=[*donor_choices, *[(k, k) for k in studio.uploaded_keys()]])
-            return (gr.update(choices=people, value=key), *[others] * (1 + NUM_REGIONS), _status(f"uploaded {key}"))
+            uploads = studio.uploaded_keys()
+            others = gr.update(choices=[*name_choices(donor=True), *[(k, k) for k in uploads]])
+            return (gr.update(choices=[*name_choices(), *uploads], value=key), *[others] * (1 + NUM_REGIONS),
+                    _status(f"uploaded {key}"))
 
-        search.change(on_search, search, [gallery, shown_names], trigger_mode="always_last")
+        gallery_outputs = [gallery, shown_names, page_number, page_label]
+        search.change(on_search, search, gallery_outputs, trigger_mode="always_last")
+        previous_page.click(lambda q, n: on_search(q, n - 1), [search, page_number], gallery_outputs)
+        next_page.click(lambda q, n: on_search(q, n + 1), [search, page_number], gallery_outputs)
+        source.key_up(typed_in(), None, source, trigger_mode="always_last")
+        target.key_up(typed_in(poses=True), None, target, trigger_mode="always_last")
+        for box in (*donor_boxes, mix):
+            box.key_up(typed_in(donor=True), None, box, trigger_mode="always_last")
         gallery.select(on_pick, [role, shown_names], [source, target, mix, *donor_boxes])
         target.change(on_target, target, [editor, hidden])
         reset.click(on_target, target, [editor, hidden])

@@ -331,3 +331,31 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     outside = sorted(u for u in requested if not u.startswith((served, "data:", "blob:")))
     assert not outside, f"the page fetched from elsewhere: {outside[:5]}"
     assert len(requested) > 10
+
+
+def _first_page_bytes(url: str) -> int:
+    """Bytes of what a browser loads to show the page before any interaction: the HTML and the app config."""
+    total = 0
+    for path in ("", "config"):
+        with urllib.request.urlopen(url + path, timeout=60) as response:
+            total += len(response.read())
+    return total
+
+
+@pytest.mark.parametrize("people", [2_000, 50_000])
+def test_first_page_stays_small_whatever_the_dataset(synth, checkpoint, people):
+    pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
+    studio = app.Studio(synth, checkpoint=checkpoint)
+    picture = next(iter(studio.images.values()))
+    names = [f"fashion{'MEN' if i % 2 else 'WOMEN'}Denimid{i:08d}_{i % 7}front.jpg" for i in range(people)]
+    studio.list_people({n: picture for n in names}, names)
+    port = free_port()
+    page = app.launch(studio, "127.0.0.1", port, block=False)
+    try:
+        size = _first_page_bytes(f"http://127.0.0.1:{port}/")
+    finally:
+        page.close()
+    assert size <= 2_000_000, f"first page of {people} people: {size:,} bytes"
+    # the page offers a page of pictures and a few names, and the server finds the rest
+    assert names[-1] in studio.search(names[-1].removesuffix(".jpg"))
+    assert len(studio.search("")) == people
