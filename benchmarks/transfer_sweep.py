@@ -111,7 +111,8 @@ def main() -> None:
                 for path in sorted(strips.glob("*.png"))[:4] if strips.is_dir() else []:
                     tar.add(path, arcname=f"{name}/{path.name}")
         scores = result.get("eval", {})
-        print(f"{name}: gap closed {scores.get('colour_gap_closed')}, ssim {scores.get('ssim')}, "
+        print(f"{name}: colour gap closed {scores.get('colour_gap_closed')}, pattern gap closed "
+              f"{scores.get('pattern_gap_closed')}, ssim {scores.get('ssim')}, "
               f"failed {result.get('failed')} ({result.get('wall_s')} s)", flush=True)
         return result
 

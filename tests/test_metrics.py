@@ -304,3 +304,77 @@ def test_parsing_scores_on_hand_made_maps():
     assert scores["pixel_accuracy"] == 6 / 8
     # IoU: 0: 1/2, 1: 3/5 (hits 3; truth 4, predicted 4 -> union 5), 2: 2/2, 3: 0/1; regions 4..7 absent
     assert scores["miou"] == pytest.approx((1 / 2 + 3 / 5 + 1 + 0) / 4)
+
+
+# --------------------------------------------------------------------------- pattern transfer
+
+def _garment(h=24, w=16, pattern=None, flat=None):
+    """Hand-made: hair band on top, upper clothes below; the clothes striped in two colours (rows of 2 pixels),
+    or one flat colour."""
+    regions = np.zeros((h, w), np.uint8)
+    regions[1:5, 1:-1], regions[5:-1, 1:-1] = HAIR, UPPER
+    image = np.full((h, w, 3), 255, np.uint8)
+    image[regions == HAIR] = (20, 10, 5)
+    if flat is not None:
+        image[regions == UPPER] = flat
+    else:
+        a, b = pattern
+        rows = np.arange(h)[:, None] // 2 % 2 == 0
+        image[(regions == UPPER) & rows] = a
+        image[(regions == UPPER) & ~rows] = b
+    return image, regions
+
+
+def test_pattern_stats_vectorised_equal_a_loop_over_interiors():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 12, 9, 3), dtype=np.uint8)
+    regions = np.zeros((2, 12, 9), np.uint8)
+    regions[:, 2:10, 1:8] = UPPER
+    regions[1, 6:10, 1:8] = PANTS
+    stats = metrics.region_pattern_stats(images, regions, 8)
+    inner = metrics.region_interiors(regions)
+    for b in range(2):
+        for r in range(8):
+            mask = inner[b] == r
+            if mask.sum() < metrics.PATTERN_MIN_PIXELS:
+                assert np.isnan(stats[b, r]).all()
+                continue
+            pixels = images[b].astype(float)
+            np.testing.assert_allclose(stats[b, r, :3], pixels[mask].std(0))
+            diffs = [abs(pixels[y, x] - pixels[y + dy, x + dx]) for y, x in zip(*np.nonzero(mask))
+                     for dy, dx in ((0, 1), (1, 0)) if y + dy < 12 and x + dx < 9 and mask[y + dy, x + dx]]
+            np.testing.assert_allclose(stats[b, r, 3:], np.mean(diffs, 0))
+    # the border ring of each region is left out: a region 3 pixels high has a 1-pixel interior row
+    assert (inner[0][2] == -1).all() and (inner[0][3, 2:7] == UPPER).all() and inner[0][3, 1] == -1
+
+
+def test_pattern_gap_perfect_flat_and_blurred_transfer():
+    from PIL import Image, ImageFilter
+
+    stripes = ((200, 30, 30), (30, 30, 200))
+    truth, target_regions = _garment(pattern=stripes)
+    source, source_regions = _garment(h=28, pattern=stripes)   # the same garment in another frame
+    mean = truth[target_regions == UPPER].mean(0).round().astype(np.uint8)
+    flat, _ = _garment(flat=mean)                              # the right colour, no pattern
+    blurred = np.asarray(Image.fromarray(truth).filter(ImageFilter.GaussianBlur(1.2)))
+    batch = lambda image: image[None]  # noqa: E731
+
+    def gap(generated):
+        errors = metrics.pattern_errors(batch(generated), batch(truth), batch(target_regions), batch(source),
+                                        batch(source_regions), [UPPER], min_strength=8.0)
+        assert np.isnan(errors["model"][0, HAIR])   # hair is not a patterned region here
+        return metrics.pattern_gap(errors)
+
+    perfect = gap(truth)
+    assert perfect["error"] == pytest.approx(0) and perfect["gap_closed"] == pytest.approx(1, abs=0.05)
+    assert perfect["error_flat"] > 50   # two colours 170 apart: a spread of about 85 per changing channel
+    assert gap(flat)["gap_closed"] == pytest.approx(0, abs=0.02)
+    assert 0.05 < gap(blurred)["gap_closed"] < 0.9   # blur keeps some spread, loses the sharp changes
+
+
+def test_pattern_counts_only_patterned_sources():
+    truth, regions = _garment(flat=(30, 60, 200))
+    errors = metrics.pattern_errors(truth[None], truth[None], regions[None], truth[None], regions[None], [UPPER],
+                                    min_strength=8.0)
+    assert all(np.isnan(e).all() for e in errors.values())   # a solid garment: nothing to carry
+    assert metrics.pattern_gap(errors)["gap_closed"] is None

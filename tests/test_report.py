@@ -137,13 +137,16 @@ def test_scores_equal_the_packages_and_the_report_shows_them(stage, random_netwo
 
     # the report: every number of eval.json, exactly; the protocol; images; curves; sections
     page = _parse(paths.report)
-    assert page.sections == ["metrics", "colour", "parsing", "losses", "best", "worst", "samples"]
+    assert page.sections == ["metrics", "colour", "pattern", "parsing", "losses", "best", "worst", "samples"]
     shown = {(c["data-kind"], c["data-metric"]): c.get("data-value") for c in page.cells}
     for name in (*evaluate.IMAGE_METRICS, "parsing_pixel_accuracy", "parsing_miou"):
         assert float(shown[("model", name)]) == stored[name]
         assert float(shown[("baseline", name)]) == stored["baseline"][name]
-    for name in ("colour_error", "colour_gap_closed"):
+    for name in ("colour_error", "colour_gap_closed", "pattern_error", "pattern_error_flat", "pattern_gap_closed"):
         assert float(shown[("model", name)]) == stored[name]
+    # pattern: the tiny set's patterned garments are counted, the table names only garments
+    assert stored["pattern_pairs"] > 0 and set(stored["pattern_regions"]) == set(evaluate.PATTERN_REGIONS)
+    assert stored["pattern_error_source_pattern"] < stored["pattern_error_flat"]
     text = paths.report.read_text()
     assert 'id="protocol"' in text and "generated.max() - generated.min()" in text
     assert {s["data-series"] for s in page.svgs} == {"lr", "l1", "g_total", "d_pb", "samples_per_s"}
@@ -237,6 +240,7 @@ def test_folder_scoring_equals_the_stage_on_the_same_images(stage, random_networ
     numbers = json.loads((tmp_path / "cli.json").read_text())["metrics"]
     for name in ("ssim", "psnr", "colour_error", "colour_gap_closed", "parsing_miou"):
         assert numbers[name] == pytest.approx(stage_result.numbers[name], rel=1e-12)
+    assert numbers["pattern_gap_closed"] is None   # not asked for: null, never a number
     # --phase train: the same pairs scored as training pairs read their parsing maps from <parsing>/train/
     train_only = tmp_path / "parsing_train_only"
     shutil.copytree(paths.parsing / "train", train_only / "train")

@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,11 @@ from casd.fileio import atomic_path, write_json
 from casd.visuals import parsing_colours
 from casd.inference import GENERATED_DIR, PREDICTED_PARSING_DIR, STRIPS_DIR, output_name, read_manifest
 
-METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid", "colour", "parsing")
-PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips", "colour_error", "parsing_pixel_accuracy")
+METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid", "colour", "pattern", "parsing")
+PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips", "colour_error", "pattern_error", "parsing_pixel_accuracy")
 IMAGE_METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid")
 COLOUR_REGIONS = ("pants", "hair", "face", "upper_clothes", "arms", "legs")
+PATTERN_REGIONS = ("upper_clothes", "pants")   # the garments, where DeepFashion (and the synthetic set) has patterns
 RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                   "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
                   "hamming": Image.Resampling.HAMMING, "nearest": Image.Resampling.NEAREST}
@@ -67,6 +68,7 @@ class EvaluateConfig:
     fid_cache: bool = True                     # cache reference statistics in data/fid_cache/
     baseline: bool = True
     threads: int = 4
+    pattern_min_strength: float = 8.0          # a source garment counts as patterned from this RMS of its statistics
     report_pairs: int = 5
     report_strips: int = 8
 
@@ -77,6 +79,8 @@ class EvaluateConfig:
             raise ConfigError(f"{where}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
+        if not float(self.pattern_min_strength) > 0:
+            raise ConfigError(f"{where}: pattern_min_strength must be > 0, got {self.pattern_min_strength}")
         if self.image_size is not None:
             size = tuple(self.image_size)
             if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
@@ -311,6 +315,10 @@ def describe_protocol(config: EvaluateConfig, size: tuple[int, int], reference: 
         "fid": "pytorch-fid InceptionV3 pool3 (2048-d), pt_inception-2015-12-05",
         "colour": "RMS over RGB of region mean colours (0..255), regions of the ground-truth target parsing: "
                   + ", ".join(COLOUR_REGIONS),
+        "pattern": "RMS of the 6 pattern statistics per region (colour standard deviation and mean absolute "
+                   "neighbour difference, R, G, B, 0..255, over the region's interior: border pixels left out), "
+                   "regions of the ground-truth target parsing: " + ", ".join(PATTERN_REGIONS)
+                   + f"; only where the source's statistics reach {config.pattern_min_strength} (patterned)",
         "parsing": "predicted vs ground-truth target parsing, pixel accuracy and mean IoU over the "
                    f"{NUM_REGIONS} regions present",
     }
@@ -361,12 +369,14 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
     reference_files = _files(reference, config.reference_format)
 
     training_mean = _training_mean_or_skip(pairs, paths, config, reader, skipped) if "colour" in wanted else None
+    pattern_ok = "pattern" in wanted and _pairs_parsing_or_skip(pairs, paths, "pattern", skipped)
     truth_parsing_ok, predicted_ok = _parsing_inputs(pairs, paths, skipped) if "parsing" in wanted else (False, False)
     kinds = ["model", "baseline"] if config.baseline else ["model"]
     fid_stats = {kind: metrics.GaussianStats(metrics.FID_DIMS) for kind in kinds} \
         if nets.inception is not None and "fid" not in skipped else {}
     columns: dict[str, list[np.ndarray]] = {}
     colour: dict[str, list[np.ndarray]] = {}
+    pattern: dict[str, list[np.ndarray]] = {}
     confusion = {kind: np.zeros((NUM_REGIONS, NUM_REGIONS), np.int64) for kind in kinds}
     n = len(pairs)
     for start in tqdm(range(0, n, config.batch_size), desc="evaluate", unit="batch",
@@ -383,13 +393,18 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
                 columns.setdefault(prefix + name, []).append(values)
             if kind in fid_stats:
                 fid_stats[kind].update(metrics.inception_features(nets.inception, images))
-        if training_mean is not None or truth_parsing_ok:
+        if training_mean is not None or pattern_ok or truth_parsing_ok:
             target_regions = np.stack([reader.regions(paths.truth_parsing(p.target)) for p in chunk])
             source_regions = np.stack([reader.regions(paths.truth_parsing(p.source)) for p in chunk])
         if training_mean is not None:
             errors = metrics.colour_errors(generated, truth, target_regions, source, source_regions, training_mean)
             for name, values in errors.items():
                 colour.setdefault(name, []).append(values)
+        if pattern_ok:
+            errors = metrics.pattern_errors(generated, truth, target_regions, source, source_regions,
+                                            _region_ids(PATTERN_REGIONS), config.pattern_min_strength)
+            for name, values in errors.items():
+                pattern.setdefault(name, []).append(values)
         if truth_parsing_ok:
             truth_size = read_regions(paths.truth_parsing(chunk[0].target)).shape
             truth_maps = np.stack([read_regions(paths.truth_parsing(p.target), truth_size)
@@ -408,10 +423,13 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
                     (maps == truth_maps).reshape(len(chunk), -1).mean(1))
     per_pair = {name: np.concatenate(parts) for name, parts in columns.items()}
     colour_errors = {name: np.concatenate(parts) for name, parts in colour.items()}
-    if colour_errors:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a pair with no defined region: NaN, as it should
-            per_pair["colour_error"] = np.nanmean(colour_errors["model"][:, _colour_ids()], axis=1)
+    pattern_errors = {name: np.concatenate(parts) for name, parts in pattern.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a pair with no defined region: NaN, as it should
+        if colour_errors:
+            per_pair["colour_error"] = np.nanmean(colour_errors["model"][:, _region_ids(COLOUR_REGIONS)], axis=1)
+        if pattern_errors:
+            per_pair["pattern_error"] = np.nanmean(pattern_errors["model"][:, _region_ids(PATTERN_REGIONS)], axis=1)
 
     numbers: dict[str, Any] = {"pairs": n}
     for kind in kinds:
@@ -431,7 +449,14 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
                                              config.batch_size, reader.image)
             for kind, stats in fid_stats.items():
                 (numbers if kind == "model" else numbers["baseline"])["fid"] = metrics.fid_from_stats(real[:2], stats)
-    numbers.update(_colour_numbers(colour_errors))
+    numbers.update(_transfer_numbers("colour", colour_errors, metrics.colour_gap, COLOUR_REGIONS))
+    numbers.update(_transfer_numbers("pattern", pattern_errors, metrics.pattern_gap, PATTERN_REGIONS))
+    if pattern_errors:
+        counted = np.isfinite(pattern_errors["model"]).any(1)
+        numbers["pattern_pairs"] = int(counted.sum())
+        if not counted.any():
+            skipped["pattern"] = (f"no pair's source has a patterned {' or '.join(PATTERN_REGIONS)} (statistics "
+                                  f"below evaluate.pattern_min_strength {config.pattern_min_strength})")
     for kind in kinds:
         target = numbers if kind == "model" else numbers["baseline"]
         has = confusion[kind].sum() > 0
@@ -476,10 +501,7 @@ def _training_mean_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, config: 
 
 def _parsing_inputs(pairs: Sequence[Pair], paths: EvaluatePaths, skipped: dict[str, str]) -> tuple[bool, bool]:
     """(ground-truth parsing present, predicted parsing present); a reason in ``skipped`` where not."""
-    truth_missing = [path for p in pairs for n in (p.source, p.target)
-                     if not (path := paths.truth_parsing(n)).is_file()]
-    if truth_missing:
-        skipped["parsing"] = f"parsing map {truth_missing[0]} not found ({len(truth_missing)} missing)"
+    if not _pairs_parsing_or_skip(pairs, paths, "parsing", skipped):
         return False, False
     if paths.predicted_parsing is None:
         skipped["parsing"] = "no predicted parsing given (--predicted-parsing)"
@@ -491,22 +513,34 @@ def _parsing_inputs(pairs: Sequence[Pair], paths: EvaluatePaths, skipped: dict[s
     return True, not missing
 
 
-def _colour_ids() -> list[int]:
-    return [REGION_NAMES.index(name) for name in COLOUR_REGIONS]
+def _region_ids(names: Sequence[str]) -> list[int]:
+    return [REGION_NAMES.index(name) for name in names]
 
 
-def _colour_numbers(errors: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``colour_error``, ``colour_gap_closed``, the two references, and the same per region (None if skipped)."""
-    names = ("error", "error_source_colours", "error_training_mean", "gap_closed")
+TRANSFER_COLUMNS = {"colour": ("error", "error_source_colours", "error_training_mean", "gap_closed"),
+                    "pattern": ("error", "error_source_pattern", "error_flat", "gap_closed")}
+
+
+def _transfer_numbers(kind: str, errors: Mapping[str, np.ndarray], gap: Callable, regions: Sequence[str]
+                      ) -> dict[str, Any]:
+    """``<kind>_error``, ``<kind>_gap_closed``, the two references, and the same per region (None if skipped)."""
+    names = TRANSFER_COLUMNS[kind]
     if not errors:
-        return {f"colour_{k}": None for k in names} | {"colour_regions": None}
+        return {f"{kind}_{k}": None for k in names} | {f"{kind}_regions": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        ids = _colour_ids()
-        overall = metrics.colour_gap({k: v[:, ids] for k, v in errors.items()})
-        regions = {name: metrics.colour_gap({k: v[:, [i]] for k, v in errors.items()})
-                   for name, i in zip(COLOUR_REGIONS, ids)}
-    return {f"colour_{k}": overall[k] for k in names} | {"colour_regions": regions}
+        ids = _region_ids(regions)
+        overall = gap({k: v[:, ids] for k, v in errors.items()})
+        per_region = {name: gap({k: v[:, [i]] for k, v in errors.items()}) for name, i in zip(regions, ids)}
+    return {f"{kind}_{k}": overall[k] for k in names} | {f"{kind}_regions": per_region}
+
+
+def _pairs_parsing_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, metric: str, skipped: dict[str, str]) -> bool:
+    """Whether every pair's source and target parsing map is there; the reason in ``skipped`` where not."""
+    missing = [path for p in pairs for n in (p.source, p.target) if not (path := paths.truth_parsing(n)).is_file()]
+    if missing:
+        skipped[metric] = f"parsing map {missing[0]} not found ({len(missing)} missing)"
+    return not missing
 
 
 # --------------------------------------------------------------------------- outputs
@@ -598,7 +632,8 @@ def _say(evaluation: Evaluation, written: Sequence[Path]) -> None:
     for name, reason in evaluation.skipped.items():
         print(f"evaluate: {name} skipped (null in the numbers): {reason}", flush=True)
     n = evaluation.numbers
-    shown = "  ".join(f"{m} {n[m]:.4f}" for m in (*IMAGE_METRICS, "colour_gap_closed", "parsing_miou")
+    shown = "  ".join(f"{m} {n[m]:.4f}"
+                      for m in (*IMAGE_METRICS, "colour_gap_closed", "pattern_gap_closed", "parsing_miou")
                       if n.get(m) is not None)
     print(f"evaluate: {n['pairs']} pairs  {shown}  -> {', '.join(map(str, written))}", flush=True)
 

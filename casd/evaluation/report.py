@@ -1,7 +1,7 @@
 """The static evaluation report: one self-contained HTML file (base64 PNGs, inline SVG).
 
 Sections: ``#metrics`` (every number as in metrics/eval.json, in ``data-value``, the protocol
-beside it), ``#colour``, ``#parsing``, ``#losses``, ``#best`` / ``#worst`` pairs, ``#samples``.
+beside it), ``#colour``, ``#pattern``, ``#parsing``, ``#losses``, ``#best`` / ``#worst`` pairs, ``#samples``.
 Built from :class:`ReportInputs`: data and picture callables handed over by the evaluation.
 """
 
@@ -83,7 +83,7 @@ class ReportInputs:
 
 def _cell(name: str, kind: str, value: Any, skipped: Mapping[str, str]) -> str:
     if value is None:
-        group = name.split("_", 1)[0] if name.startswith(("parsing_", "colour_")) else name
+        group = name.split("_", 1)[0] if name.startswith(("parsing_", "colour_", "pattern_")) else name
         reason = skipped.get(group, "not computed")
         return (f'<td class="skipped" data-metric="{name}" data-kind="{kind}" '
                 f'title="{html.escape(reason)}">skipped</td>')
@@ -114,23 +114,40 @@ def metrics_table(numbers: Mapping[str, Any], protocol: Mapping[str, Any], skipp
     return table
 
 
-def colour_table(numbers: Mapping[str, Any], skipped: Mapping[str, str]) -> str:
-    """The appearance-transfer diagnostic: error, both references and the gap closed, overall and per region."""
-    regions = numbers.get("colour_regions")
+# The two appearance-transfer diagnostics: column keys (after "<kind>_") and headings, the explanation.
+TRANSFER_TABLES = {
+    "colour": ((("error", "model error"), ("error_source_colours", "source colours (perfect transfer)"),
+                ("error_training_mean", "training mean colours (ignores the source)"), ("gap_closed", "gap closed")),
+               "Distance (RMS over RGB, 0..255) between the mean colour of the generated image and of the ground "
+               "truth inside each region of the ground-truth target parsing. Gap closed: 1 = the source's colours "
+               "carried over, 0 = a model that ignores the source."),
+    "pattern": ((("error", "model error"), ("error_source_pattern", "source pattern (perfect transfer)"),
+                 ("error_flat", "flat: the source's mean colour everywhere (no pattern)"),
+                 ("gap_closed", "gap closed")),
+                "Distance (RMS, 0..255) between the pattern statistics of the generated image and of the ground "
+                "truth inside each garment region of the ground-truth target parsing, on pairs whose source "
+                "garment is patterned: per channel the colour standard deviation and the mean absolute difference "
+                "of neighbouring pixels, over the region's interior. Gap closed: 1 = the source's stripes, checks "
+                "or dots carried over, 0 = a flat garment of the right colour."),
+}
+
+
+def transfer_table(numbers: Mapping[str, Any], skipped: Mapping[str, str], kind: str) -> str:
+    """An appearance-transfer diagnostic (``kind``: colour | pattern): error, both references and the gap
+    closed, overall and per region."""
+    regions = numbers.get(f"{kind}_regions")
     if not regions:
-        return f'<p class="note skipped">skipped: {html.escape(skipped.get("colour", "not computed"))}</p>'
-    columns = ("error", "error_source_colours", "error_training_mean", "gap_closed")
-    head = ("<tr><th>region</th><th>model error</th><th>source colours (perfect transfer)</th>"
-            "<th>training mean colours (ignores the source)</th><th>gap closed</th></tr>")
+        return f'<p class="note skipped">skipped: {html.escape(skipped.get(kind, "not computed"))}</p>'
+    columns, note = TRANSFER_TABLES[kind]
+    head = "<tr><th>region</th>" + "".join(f"<th>{html.escape(label)}</th>" for _, label in columns) + "</tr>"
     lines = [head, '<tr data-region="overall"><td class="name">overall</td>'
-             + "".join(_cell(f"colour_{c}", "model", numbers.get(f"colour_{c}"), skipped) for c in columns) + "</tr>"]
+             + "".join(_cell(f"{kind}_{c}", "model", numbers.get(f"{kind}_{c}"), skipped) for c, _ in columns)
+             + "</tr>"]
     for region, values in regions.items():
         lines.append(f'<tr data-region="{html.escape(region)}"><td class="name">{html.escape(region)}</td>'
-                     + "".join(f"<td>{_fmt(values.get(c))}</td>" for c in columns) + "</tr>")
-    return ('<p class="note">Distance (RMS over RGB, 0..255) between the mean colour of the generated image and '
-            'of the ground truth inside each region of the ground-truth target parsing. Gap closed: 1 = the '
-            'source\'s colours carried over, 0 = a model that ignores the source. A diagnostic, not one of the '
-            f'paper\'s metrics.</p><table id="colour-table">{"".join(lines)}</table>')
+                     + "".join(f"<td>{_fmt(values.get(c))}</td>" for c, _ in columns) + "</tr>")
+    return (f'<p class="note">{html.escape(note)} A diagnostic, not one of the paper\'s metrics.</p>'
+            f'<table id="{kind}-table">{"".join(lines)}</table>')
 
 
 def svg_curve(xs: Sequence[float], ys: Sequence[float], title: str, width: int = 300, height: int = 150) -> str:
@@ -247,7 +264,8 @@ def build_report(path: str | Path, inputs: ReportInputs) -> Path:
 <section id="metrics"><h2>Metrics</h2>{metrics_table(numbers, inputs.protocol, inputs.skipped)}
 <p class="note">Baseline: the source image (and the source's parsing) returned unchanged. Paper: published CASD
 figures on DeepFashion 256x176 (8,570 pairs); numbers of the synthetic demo are not comparable with them.</p></section>
-<section id="colour"><h2>Appearance transfer (region colours)</h2>{colour_table(numbers, inputs.skipped)}</section>
+<section id="colour"><h2>Appearance transfer (region colours)</h2>{transfer_table(numbers, inputs.skipped, "colour")}</section>
+<section id="pattern"><h2>Pattern transfer (garment texture)</h2>{transfer_table(numbers, inputs.skipped, "pattern")}</section>
 <section id="parsing"><h2>Predicted target parsing</h2>{parsing_panel(inputs)}</section>
 <section id="losses"><h2>Training curves</h2>{losses}</section>
 <section id="best"><h2>Best pairs</h2>{pairs_section(inputs, best, "Lowest error", metric)}</section>
