@@ -3,7 +3,10 @@
 - :func:`save_checkpoint` / :func:`load_checkpoint`: any object of tensors,
   numbers, strings, lists and dicts; written atomically, read with
   ``torch.load(weights_only=True)`` so that a file can never run code.
-- :func:`load_generator`: a project ``models/generator.pt``, a training state
+- :func:`save_generator` / :func:`load_generator`: THE writer and THE reader
+  of a generator file. ``save_generator`` writes ``casd-generator`` files
+  (``models/generator.pt``, ``casd import-checkpoint`` output); ``load_generator``
+  reads those, a project ``models/generator.pt``, a training state
   ``checkpoints/*.pt`` or upstream's ``latest_net_netG.pth`` -> a
   :class:`LoadedGenerator` (the network, its config, the data settings stored
   with it). Everything that runs a generator from a file goes through it.
@@ -441,6 +444,34 @@ def load_generator(path: str | os.PathLike, *, device: str | torch.device = "cpu
     return loaded
 
 
+def save_generator(path: str | os.PathLike, generator: Generator, *, image_size: Any, pose_mode: str = "onehot",
+                   pose_sigma: float = 6.0, **extra: Any) -> Path:
+    """Write ``generator`` as a ``casd-generator`` file at ``path`` (atomically); returns ``path``.
+
+    The file holds the weights, the model configuration, whether the style
+    VGG is pretrained, and the data settings it was made for: ``image_size``
+    (H, W) and the pose rendering (``pose_mode``, ``pose_sigma``). ``extra``
+    entries (``fingerprint``, ``epochs``, ``imported_from``, ``discriminators``,
+    ...) are stored beside them; :func:`load_generator` returns them in
+    :attr:`LoadedGenerator.extra`.
+    """
+    if pose_mode not in POSE_MODES:
+        raise ValueError(f"pose_mode {pose_mode!r}, expected one of {', '.join(POSE_MODES)}")
+    reserved = {"format", "generator", "model_config", "vgg_pretrained", "image_size", "pose_mode", "pose_sigma"}
+    if reserved & set(extra):
+        raise ValueError(f"save_generator: {', '.join(sorted(reserved & set(extra)))} are written from the arguments")
+    return save_checkpoint(path, {
+        "format": GENERATOR_FORMATS[0],
+        "generator": generator.state_dict(),
+        "model_config": dataclasses.asdict(generator.config),
+        "vgg_pretrained": bool(generator.vgg_pretrained),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "pose_mode": pose_mode,
+        "pose_sigma": float(pose_sigma),
+        **extra,
+    })
+
+
 def _project_generator(path: Path, state: Mapping[str, Any]) -> LoadedGenerator:
     file_format = state.get("format", GENERATOR_FORMATS[0])
     if file_format not in GENERATOR_FORMATS:
@@ -532,30 +563,19 @@ def import_upstream(source: str | os.PathLike, output: str | os.PathLike, *, net
         raise CasdError(f"--image-size {' '.join(map(str, image_size))}: must be {problem}")
     loaded = _upstream_generator(Path(source), load_upstream_file(source))
     generator, config = loaded.generator, loaded.config
-    checkpoint: dict[str, Any] = {
-        "format": "casd-generator",
-        "generator": generator.state_dict(),
-        "model_config": dataclasses.asdict(config),
-        "vgg_pretrained": True,
-        "image_size": [int(image_size[0]), int(image_size[1])],
-        "pose_mode": pose_mode,
-        "pose_sigma": float(pose_sigma),
-        "imported_from": {"generator": str(source), "generator_sha256": sha256(source)},
-    }
+    imported_from: dict[str, Any] = {"generator": str(source), "generator_sha256": sha256(source)}
     total, trainable = count_parameters(generator)
     summary: dict[str, Any] = {"output": str(output), "generator_values": total, "trainable_values": trainable,
-                               "model_config": checkpoint["model_config"], "image_size": checkpoint["image_size"],
-                               "pose_mode": pose_mode}
-    discriminators = {}
+                               "model_config": dataclasses.asdict(config),
+                               "image_size": [int(image_size[0]), int(image_size[1])], "pose_mode": pose_mode}
+    extra: dict[str, Any] = {"imported_from": imported_from}
     for role, path, channels in (("d_pb", netd_pb, 3 + config.pose_channels), ("d_pp", netd_pp, 6)):
         if path is None:
             continue
         disc, args = _discriminator(path, channels, role)
-        discriminators[role] = disc.state_dict()
-        checkpoint.setdefault("discriminator_config", {})[role] = args
-        checkpoint["imported_from"][role] = str(path)
+        extra.setdefault("discriminators", {})[role] = disc.state_dict()
+        extra.setdefault("discriminator_config", {})[role] = args
+        imported_from[role] = str(path)
         summary[f"{role}_values"] = count_parameters(disc)[0]
-    if discriminators:
-        checkpoint["discriminators"] = discriminators
-    save_checkpoint(output, checkpoint)
+    save_generator(output, generator, image_size=image_size, pose_mode=pose_mode, pose_sigma=pose_sigma, **extra)
     return summary

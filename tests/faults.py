@@ -56,24 +56,20 @@ def tiny_params(workers: int = 2) -> dict:
 
 def write_tiny_generator(project: Path, params: dict) -> None:
     """A random-initialised generator of ``params``' model section at ``project/<test.checkpoint>``."""
-    import dataclasses
     import warnings
 
     import torch
 
-    from casd.checkpoints import save_checkpoint
+    from casd.checkpoints import save_generator
     from casd.config import from_dict
-    from casd.models import Generator, GeneratorConfig
+    from casd.models.generator import Generator, GeneratorConfig
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         generator = Generator(from_dict(GeneratorConfig, params["model"], "model"))
-    save_checkpoint(project / params["test"]["checkpoint"],
-                    {"format": "casd-generator", "generator": generator.state_dict(),
-                     "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
-                     "image_size": list(params["data"]["image_size"]), "pose_mode": params["pose"]["mode"],
-                     "pose_sigma": params["pose"]["sigma"]})
+    save_generator(project / params["test"]["checkpoint"], generator, image_size=params["data"]["image_size"],
+                   pose_mode=params["pose"]["mode"], pose_sigma=params["pose"]["sigma"])
 
 
 def run_stage(project: Path, stage: str, timeout: float = 300) -> subprocess.CompletedProcess:

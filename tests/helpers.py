@@ -1,5 +1,5 @@
-"""Helpers shared by several test modules: a tiny prepared dataset written directly, tiny training params, a
-responsive tiny generator, what the test stage leaves behind, a free port and a served MLflow process."""
+"""Helpers shared by several test modules: a tiny prepared dataset written directly, tiny training params, tiny
+generators and their files, what the test stage leaves behind, a free port and a served MLflow process."""
 
 from __future__ import annotations
 
@@ -104,18 +104,31 @@ def tiny_params(**train_overrides) -> dict:
             "loss": tiny_loss(), "train": train, "tracking": {"enabled": False}}
 
 
-def responsive_tiny_generator() -> Generator:
-    """``GeneratorConfig.tiny()`` in eval mode whose decoder reads its inputs: at upstream's N(0, 0.02) init
-    the tokens barely move the output, so "the swap changed the picture" would be no check."""
-    torch.manual_seed(0)
+def tiny_generator(seed: int = 0, **overrides) -> Generator:
+    """A freshly built ``GeneratorConfig.tiny(**overrides)`` drawn from ``seed`` (random VGG, train mode)."""
+    torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random VGG warning
-        generator = Generator(GeneratorConfig.tiny()).eval()
+        return Generator(GeneratorConfig.tiny(**overrides))
+
+
+def responsive_tiny_generator(seed: int = 0) -> Generator:
+    """:func:`tiny_generator` in eval mode whose decoder reads its inputs: at upstream's N(0, 0.02) init
+    the tokens barely move the output, so "the swap changed the picture" would be no check."""
+    generator = tiny_generator(seed).eval()
     with torch.no_grad():
         for name, param in generator.named_parameters():
             if name.startswith(("decoder", "style_encoder.fuse")):
                 param.normal_(0.0, 0.3)
     return generator
+
+
+def save_tiny_generator(path, generator: Generator | None = None, image_size=SIZE, **settings) -> Path:
+    """``generator`` (default: :func:`responsive_tiny_generator`) as ``casd train`` exports it."""
+    from casd.checkpoints import save_generator
+
+    return save_generator(path, responsive_tiny_generator() if generator is None else generator,
+                          image_size=image_size, **settings)
 
 def fake_test_stage(root, paths, count=6, strips=2):
     """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest,

@@ -8,7 +8,6 @@ picture the page shows is fetched back and compared with the Synthesizer's.
 after the try-on step.
 """
 
-import dataclasses
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from casd.data.layout import REGION_NAMES
 from casd.data.pose import KEYPOINT_NAMES, pose_input
 from casd.errors import CasdError, DataError
 from casd.inference import Synthesizer
-from helpers import free_port, responsive_tiny_generator
+from helpers import free_port, save_tiny_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,15 +39,8 @@ WRIST = KEYPOINT_NAMES.index("right_wrist")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_data_config):
     """A tiny generator as ``casd train`` exports it, with decoder weights large enough that inputs matter."""
-    from casd.checkpoints import save_checkpoint
-
-    generator = responsive_tiny_generator()
-    path = tmp_path_factory.mktemp("app") / "generator.pt"
-    save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
-                           "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
-                           "image_size": list(tiny_data_config.image_size), "pose_mode": "onehot",
-                           "pose_sigma": 6.0})
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("app") / "generator.pt",
+                               image_size=tiny_data_config.image_size)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +13,8 @@ from casd.checkpoints import (CheckpointMismatch, convert_upstream_state_dict, e
                              upstream_unused)
 from casd.errors import DataError
 from casd.models import Generator, GeneratorConfig
-from upstream_rules import rule_inputs
+from upstream_rules import reference_shapes, rule_inputs
 
-TSV = Path(__file__).parent / "fixtures" / "netG_state_dict.tsv"
-
-
-def tsv_shapes() -> dict[str, tuple[int, ...]]:
-    rows = [line.split("\t") for line in TSV.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return {k: tuple(int(n) for n in s.strip("()").split(",") if n.strip()) for k, s, _ in rows}
 
 
 def meta_generator(config: GeneratorConfig) -> Generator:
@@ -52,7 +45,7 @@ def test_name_table_covers_the_reference_key_list_exactly():
     mapped = {names[k]: shape for k, shape in own.items()}
     unused = upstream_unused(config)
     assert not set(mapped) & set(unused)
-    reference = tsv_shapes()
+    reference = reference_shapes()
     assert len(reference) == 214
     assert {**mapped, **unused} == reference
     assert sum(torch.Size(s).numel() for s in reference.values()) == 58_514_071

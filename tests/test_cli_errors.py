@@ -8,10 +8,8 @@ NAMES); ``setup(tmp, world)`` writes what the row needs under ``tmp``. Add a row
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from casd.checkpoints import export_upstream_state_dict, save_checkpoint
+from casd.checkpoints import export_upstream_state_dict, load_checkpoint, save_checkpoint
 from casd.cli import main as casd_main
 from casd.data.layout import REGION_NAMES
-from casd.models.generator import Generator, GeneratorConfig
+from helpers import save_tiny_generator, tiny_generator
 
 SIZE = (32, 24)
 NAMES = [f"fashionWOMENDressesid000000{i:02d}01_1front.jpg" for i in range(3)]
@@ -178,14 +176,8 @@ def world(tmp_path_factory):
     keypoints = np.stack([np.stack([rng.integers(0, SIZE[0], 18), rng.integers(0, SIZE[1], 18)], axis=1)
                           for _ in NAMES]).astype(np.int16)
     np.savez(data / "pose/test.npz", names=np.array(NAMES), keypoints=keypoints)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random VGG
-        generator = Generator(GeneratorConfig.tiny())
-    state = {"format": "casd-generator", "generator": generator.state_dict(),
-             "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
-             "image_size": list(SIZE), "pose_mode": "onehot", "pose_sigma": 6.0}
-    save_checkpoint(root / "generator.pt", state)
+    generator = tiny_generator()
+    state = load_checkpoint(save_tiny_generator(root / "generator.pt", generator, SIZE))
     torch.save(export_upstream_state_dict(generator), root / "latest_net_netG.pth")
     return SimpleNamespace(data=data, ckpt=root / "generator.pt", upstream=root / "latest_net_netG.pth", state=state)
 

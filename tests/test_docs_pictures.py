@@ -1,6 +1,5 @@
 """docs/make_pictures.py: the README's pose-transfer and try-on pictures come from unseen test people."""
 
-import dataclasses
 import runpy
 from pathlib import Path
 
@@ -9,10 +8,9 @@ import pytest
 from PIL import Image
 
 from casd import visuals
-from casd.checkpoints import save_checkpoint
 from casd.data.layout import PreparedLayout, flat_person, read_pairs
 from casd.inference import Synthesizer
-from helpers import responsive_tiny_generator
+from helpers import save_tiny_generator
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "make_pictures.py"
 
@@ -20,11 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pictures_show_the_first_test_people_in_their_target_poses(tmp_path, tiny_prepared, tiny_data_config):
-    generator = responsive_tiny_generator()
-    checkpoint = save_checkpoint(tmp_path / "generator.pt", {
-        "format": "casd-generator", "generator": generator.state_dict(),
-        "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
-        "image_size": list(tiny_data_config.image_size), "pose_mode": "onehot", "pose_sigma": 6.0})
+    checkpoint = save_tiny_generator(tmp_path / "generator.pt", image_size=tiny_data_config.image_size)
     pictures = runpy.run_path(str(SCRIPT))["pictures"]
     assert flat_person("fashionWOMENBlouses_Shirtsid0000004401_7additional.jpg") == \
         "fashionWOMENBlouses_Shirtsid00000044"

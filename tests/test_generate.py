@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -19,9 +18,8 @@ from PIL import Image
 from casd import inference, visuals
 from casd.errors import CasdError, DataError
 from casd.data.layout import REGION_NAMES
-from casd.models.generator import Generator, GeneratorConfig
 from casd.data.pose import pose_input
-from helpers import responsive_tiny_generator
+from helpers import responsive_tiny_generator, save_tiny_generator, tiny_generator
 
 SIZE = (32, 24)
 NAMES = [f"fashionWOMENDressesid000000{i:02d}01_1front.jpg" for i in range(4)]
@@ -62,11 +60,7 @@ def synth(generator, data_root):
     return inference.Synthesizer(generator, SIZE, data_root=data_root)
 
 
-@functools.cache
-def _reader_generator():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random VGG warning
-        return Generator(GeneratorConfig.tiny())
+_reader_generator = functools.cache(tiny_generator)
 
 
 def _person_tensors(data_root, name):
@@ -209,15 +203,7 @@ def test_generate_pairs_writes_images_and_strips(synth, tmp_path):
 @pytest.fixture()
 def checkpoint(generator, tmp_path):
     """The fixture generator as ``casd train`` exports it (models/generator.pt format)."""
-    import dataclasses
-
-    from casd.checkpoints import save_checkpoint
-
-    path = tmp_path / "generator.pt"
-    save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
-                           "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
-                           "image_size": list(SIZE), "pose_mode": "onehot", "pose_sigma": 6.0})
-    return path
+    return save_tiny_generator(tmp_path / "generator.pt", generator, SIZE)
 
 
 def _run(argv, capsys):

@@ -11,26 +11,16 @@ import torch.nn.functional as F
 
 from casd.checkpoints import load_checkpoint, load_upstream_generator
 from casd.errors import ConfigError, WeightsError
-from casd.models import Discriminator, Generator, GeneratorConfig, VGG19Features
+from casd.models import Discriminator, GeneratorConfig, VGG19Features
 from casd.models.generator import adaptive_instance_norm, attention_modulated_norm, upsample_conv5
 from casd.checkpoints import upstream_names
-from upstream_rules import CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, rule_inputs, rule_state_dict
+from helpers import tiny_generator
+from upstream_rules import (CASES, GRADIENT_CASE, GRADIENT_KEYS, gradient_objective, reference_shapes, rule_inputs,
+                            rule_state_dict)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream_equivalence.pt"
-REFERENCE_TSV = Path(__file__).parent / "fixtures" / "netG_state_dict.tsv"
 
 
-def tiny_generator(**overrides) -> Generator:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Generator(GeneratorConfig.tiny(**overrides))
-
-
-def reference_shapes() -> dict[str, tuple[int, ...]]:
-    rows = [line.rstrip("\n").split("\t") for line in REFERENCE_TSV.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
-    return {key: tuple(int(n) for n in shape.strip("()").split(",") if n.strip()) for key, shape, _ in rows}
 
 
 @pytest.mark.parametrize("height,width", [(32, 24), (64, 44), (48, 36)])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -14,28 +13,8 @@ from PIL import Image
 from casd import inference, visuals
 from casd.errors import ConfigError
 from casd.models.generator import GeneratorConfig
+from helpers import responsive_tiny_generator, save_tiny_generator
 from tests.conftest import TINY_IMAGE_SIZE
-
-
-def _tiny_generator(seed: int = 0):
-    from casd.models.generator import Generator, GeneratorConfig
-
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random VGG features: expected in tests
-        generator = Generator(GeneratorConfig.tiny())
-    for p in generator.decoder.parameters():  # non-zero attention gammas etc.: pictures depend on the inputs
-        p.data.add_(0.05 * torch.randn_like(p))
-    return generator.eval()
-
-
-def _save_checkpoint(path, generator):
-    from casd.checkpoints import save_checkpoint
-
-    save_checkpoint(path, {"format": "casd-generator", "generator": generator.state_dict(),
-                           "model_config": dataclasses.asdict(generator.config), "vgg_pretrained": False,
-                           "image_size": list(TINY_IMAGE_SIZE), "pose_mode": "onehot", "pose_sigma": 6.0})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +23,10 @@ def checkpoints(tmp_path_factory):
     from casd.checkpoints import export_upstream_state_dict
 
     root = tmp_path_factory.mktemp("checkpoints")
-    generator = _tiny_generator()
+    generator = responsive_tiny_generator()
     torch.save(export_upstream_state_dict(generator), root / "latest_net_netG.pth")
-    return {"casd": _save_checkpoint(root / "generator.pt", generator),
-            "other": _save_checkpoint(root / "other.pt", _tiny_generator(seed=1)),
+    return {"casd": save_tiny_generator(root / "generator.pt", generator, TINY_IMAGE_SIZE),
+            "other": save_tiny_generator(root / "other.pt", responsive_tiny_generator(seed=1), TINY_IMAGE_SIZE),
             "upstream": root / "latest_net_netG.pth", "model": dataclasses.asdict(generator.config)}
 
 

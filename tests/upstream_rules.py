@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -134,3 +135,13 @@ def rule_inputs(batch: int, height: int, width: int, seed: int,
             labels[b][labels[b] == region] = 0
     parsing = F.one_hot(labels, regions).permute(0, 3, 1, 2).float()
     return pose, image, parsing
+
+
+REFERENCE_TSV = Path(__file__).parent / "fixtures" / "netG_state_dict.tsv"  # upstream netG: key, shape, count
+
+
+def reference_shapes() -> dict[str, tuple[int, ...]]:
+    """{upstream key: shape} of upstream's released generator (``fixtures/netG_state_dict.tsv``)."""
+    rows = [line.split("\t") for line in REFERENCE_TSV.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    return {key: tuple(int(n) for n in shape.strip("()").split(",") if n.strip()) for key, shape, *_ in rows}

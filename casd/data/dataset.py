@@ -19,7 +19,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from casd.data import pose
 from casd.data.layout import PreparedLayout, parsing_onehot, read_image, read_pairs, read_regions

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from casd.checkpoints import save_checkpoint
+from casd.checkpoints import save_checkpoint, save_generator
 from casd.data.dataset import EpochPairSampler, PairBatch, PairDataset
 from casd.data.layout import PREPARED, PreparedLayout
 from casd.errors import CasdError, ConfigError
@@ -398,11 +398,10 @@ def run_tags(trainer: "Trainer") -> dict[str, str]:
 
 def finish_outputs(trainer: "Trainer") -> dict:
     """Final outputs (rank 0): generator export, metrics (numbers only), loss CSV, preview, MLflow artifacts."""
-    state = trainer.state()
-    export = {k: state[k] for k in ("generator", "model_config", "vgg_pretrained", "image_size", "pose_mode",
-                                    "pose_sigma", "fingerprint", "mlflow_run_id")}
-    export.update({"format": "casd-generator", "epochs": trainer.epoch, "steps": trainer.global_step})
-    save_checkpoint(trainer.out.model, export)
+    job = trainer.job
+    save_generator(trainer.out.model, trainer.nets.generator, image_size=job.image_size, pose_mode=job.pose.mode,
+                   pose_sigma=job.pose.sigma, fingerprint=trainer.fingerprint, mlflow_run_id=trainer.run_id,
+                   epochs=trainer.epoch, steps=trainer.global_step)
     last = trainer.history[-1] if trainer.history else {}
     samples = trainer.global_step * trainer.cfg.batch_size
     summary = {"epochs": trainer.epoch, "steps": trainer.global_step, "samples": samples,
