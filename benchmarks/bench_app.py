@@ -48,7 +48,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from casd import app  # noqa: E402
-from casd.data.layout import REGION_NAMES  # noqa: E402
+from casd.data.images import REGION_NAMES  # noqa: E402
 from casd.fileio import write_json  # noqa: E402
 from casd.inference import Synthesizer  # noqa: E402
 from casd.models.generator import Generator, GeneratorConfig  # noqa: E402

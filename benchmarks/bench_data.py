@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from casd.fileio import write_json  # noqa: E402
-from casd.data.layout import DataConfig, write_annotations  # noqa: E402
+from casd.data.config import DataConfig  # noqa: E402
+from casd.data.tables import write_annotations  # noqa: E402
 from casd.data.pose import LIMBS, PoseConfig, extract_pose, pose_input  # noqa: E402
 from casd.data.synthetic import SynthConfig, generate  # noqa: E402
 

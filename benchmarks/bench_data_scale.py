@@ -47,7 +47,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from casd.data.layout import flat_name, flat_stem, write_annotations, write_pairs  # noqa: E402
+from casd.data.layout import flat_name, flat_stem  # noqa: E402
+from casd.data.tables import write_annotations, write_pairs  # noqa: E402
 
 FULL = {"train_images": 48_674, "test_images": 4_038, "train_pairs": 101_966, "test_pairs": 8_570}
 RAW_SIZE = (1101, 750)          # H, W of img_highres

@@ -12,7 +12,7 @@ times by 2x between runs: ``--interleave`` (with ``--upstream``) also times both
 models in ONE process, alternating steps, so that both see the same load
 (best and median step over the rounds). The step is: forward, a scalar of the image and attention maps,
 backward (the frozen VGG gets no gradient). ``--upstream DIR`` imports upstream's
-``models/CASD.py`` from DIR (outside this repository, patched as casd/testing.py
+``models/CASD.py`` from DIR (outside this repository, patched as tests/upstream_rules.py
 says) and runs it with the same weights and inputs.
 
 Measured (2-core CPU shared with other jobs, fp32, batch 4, 256x176, upstream

@@ -29,7 +29,9 @@ import torch
 from PIL import Image
 
 from casd import control, visuals
-from casd.data.layout import NUM_KEYPOINTS, NUM_REGIONS, REGION_NAMES, flat_category, flat_stem
+from casd.data.images import NUM_REGIONS, REGION_NAMES
+from casd.data.layout import flat_category, flat_stem
+from casd.data.tables import NUM_KEYPOINTS
 from casd.data.dataset import flip_keypoints
 from casd.data.pose import KEYPOINT_NAMES, LIMBS
 from casd.errors import CasdError, DataError

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import torch
 
-from casd.data.layout import GENERATOR_SIZE_MULTIPLE, size_problem
+from casd.data.config import GENERATOR_SIZE_MULTIPLE, size_problem
 from casd.errors import CasdError, ConfigError, DataError
 from casd.fileio import atomic_path
 from casd.models.discriminator import Discriminator

@@ -55,7 +55,7 @@ def _synth(args: argparse.Namespace) -> None:
 
         stages.synth(params)
         return
-    from casd.data.layout import DataConfig
+    from casd.data.config import DataConfig
     from casd.data.synthetic import SynthConfig, generate
 
     data, config = params.section(DataConfig, "data"), params.section(SynthConfig, "synth")
@@ -87,7 +87,7 @@ def _test_parser() -> argparse.ArgumentParser:
 
 def _test(args: argparse.Namespace) -> None:
     from casd.config import resolve_device
-    from casd.inference import GenerationJob, run_test
+    from casd.generation import GenerationJob, run_test
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CasdError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -188,7 +188,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _generate_parser() -> argparse.ArgumentParser:
     from casd.control import REGION_GROUPS
-    from casd.data.layout import PREPARED, REGION_NAMES
+    from casd.data.images import REGION_NAMES
+    from casd.data.layout import PREPARED
 
     parser = argparse.ArgumentParser(
         prog="casd generate",
@@ -264,7 +265,7 @@ def _generate(args: argparse.Namespace) -> None:
         raise CasdError(f"--batch-size must be >= 1, got {args.batch_size}")
     from casd.config import resolve_device
     from casd.control import region_indices
-    from casd.data.layout import read_pairs
+    from casd.data.tables import read_pairs
     from casd.inference import Synthesizer, generate_pairs
 
     if args.regions:

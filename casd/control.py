@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 import torch
 
 from casd.errors import CasdError
-from casd.data.layout import REGION_NAMES
+from casd.data.images import REGION_NAMES
 
 # Names that stand for several regions or are another word for one (the merged parsing joins
 # pants and skirt, hat and hair, sunglasses and face, coat / dress / jumpsuit with upper clothes).

@@ -1,4 +1,4 @@
-"""Synthesis with a trained generator: the :class:`Synthesizer`, ``casd generate``, and the test stage.
+"""Synthesis with a trained generator: the :class:`Synthesizer` API and ``casd generate``.
 
 Python::
 
@@ -17,66 +17,39 @@ ids 0..7), a :class:`Person`, or ``(image [3, H, W] in [-1, 1], parsing ids
 image frame, or ``{"size": [H, W], "keypoints": [...]}`` in another frame
 (rescaled), or keypoints ``[18, 2]``.
 
-The test stage (:func:`run_test`) writes, per pair of ``data/split/pairs-test.csv``,
-``data/generated/<from>___<to>.png`` and the predicted target parsing
-``data/predicted_parsing/<from>___<to>.png`` (uint8 region ids), strips for
-``test.strips`` pairs in ``data/strips/``, and ``data/generated/manifest.json``
-whose fingerprint lets a restarted stage skip finished pairs.
-
-Everything here runs the generator with ``modulated_norm="sample"``: a batch
-gives upstream's batch-of-one pictures.
+The generator runs with ``modulated_norm="sample"``: a batch gives
+upstream's batch-of-one pictures. The test stage is :mod:`casd.generation`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from casd import control, visuals
 from casd.checkpoints import load_generator
 from casd.config import DEFAULT_PARAMS, from_dict, load_params, resolve_device
-from casd.data.dataset import PairDataset, add_pose_input
-from casd.data.layout import (NUM_KEYPOINTS, NUM_REGIONS, PHASES, PREPARED, DataConfig, PreparedLayout, flat_stem,
-                              parsing_onehot, read_image, read_regions, rescale_keypoints)
+from casd.data.config import DataConfig
+from casd.data.images import NUM_REGIONS, parsing_onehot, read_image, read_regions
+from casd.data.layout import PAIR_SEPARATOR, PHASES, PREPARED, PreparedLayout, flat_stem
+from casd.data.tables import NUM_KEYPOINTS, rescale_keypoints
 from casd.data.pose import PoseConfig, load_keypoints, pose_input
 from casd.errors import CasdError, ConfigError, DataError
-from casd.fileio import safe_name, write_json
+from casd.models.generator import predicted_parsing
 
 DATA_ROOT = PREPARED.root
-GENERATED_DIR = PREPARED.root / "generated"
-PREDICTED_PARSING_DIR = PREPARED.root / "predicted_parsing"
-STRIPS_DIR = PREPARED.root / "strips"
-MANIFEST = "manifest.json"
-SEPARATOR = "___"  # between the two stems of an output name; flat DeepFashion names never contain it
-STRIP_PANELS = ("source", "target pose", "generated", "ground truth", "predicted parsing")  # test stage strips
-AMP_MODES = ("none", "auto", "fp16", "bf16")
-_FINGERPRINT_VERSION = 1
 _MAX_FRAME = 1 << 16  # largest side accepted in a pose JSON's "size"
 
 PersonLike = Any  # str | Path | Person | tuple[Tensor, Tensor]
 PoseLike = Any    # str | Path | Tensor | np.ndarray
-
-
-def predicted_parsing(attention_logits: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-    """The style-distribution blocks' logits, each [B, K, h, w] -> predicted target parsing [B, H, W] uint8.
-
-    Argmax over regions of the blocks' averaged region probabilities, upsampled
-    bilinearly to ``size`` (how the AMCE loss reads these maps).
-    """
-    probabilities = torch.stack([a.float().softmax(dim=1) for a in attention_logits]).mean(dim=0)
-    probabilities = F.interpolate(probabilities, size=tuple(size), mode="bilinear", align_corners=False)
-    return probabilities.argmax(dim=1).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -120,7 +93,7 @@ def _explicit_parsing(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if abs(height * size[1] - width * size[0]) > 0.02 * size[0] * width:
             raise DataError(path, f"parsing map is {height}x{width}, another shape than the {size[0]}x{size[1]} "
                                   f"images; give the parsing of the image itself (merged region ids 0..7)")
-        ids = read_regions(path, size, resize=True)
+        ids = read_regions(path, size, nearest_resize=True)
     return _onehot(ids)
 
 
@@ -177,13 +150,13 @@ class Synthesizer:
     (:meth:`casd.models.generator.Generator.set_modulated_norm`).
     """
 
-    def __init__(self, generator, image_size: Sequence[int], pose_mode: str = "onehot", sigma: float = 6.0,
+    def __init__(self, generator, image_size: Sequence[int], pose: PoseConfig | None = None,
                  data_root: str | Path = DATA_ROOT, device: str | torch.device = "cpu",
                  parsing: Mapping[str, str | Path] | None = None):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.device = resolve_device(str(device))
         self.generator = generator.to(self.device).eval().set_modulated_norm("sample")
-        self.pose = PoseConfig(mode=pose_mode, sigma=sigma)
+        self.pose = pose or PoseConfig()
         self.layout = PreparedLayout(data_root)
         self._keypoints: dict[str, np.ndarray] | None = None
         self._frame: tuple[tuple[int, int], Path] | None = None
@@ -216,8 +189,9 @@ class Synthesizer:
         if image_size is None:
             raise ConfigError(f"{path}: the checkpoint does not record its image size; pass params with "
                               f"data.image_size")
-        return cls(loaded.generator, image_size, pose_mode=loaded.pose_mode or pose.get("mode", "onehot"),
-                   sigma=loaded.pose_sigma or pose.get("sigma", 6.0), data_root=data_root, device=device, **kwargs)
+        pose_config = PoseConfig(mode=loaded.pose_mode or pose.get("mode", "onehot"),
+                                 sigma=loaded.pose_sigma or pose.get("sigma", 6.0))
+        return cls(loaded.generator, image_size, pose_config, data_root=data_root, device=device, **kwargs)
 
     # ---- inputs
 
@@ -292,7 +266,7 @@ class Synthesizer:
                 parsing_onehot = _parsing_tensor(explicit, self.image_size)
             else:
                 parsing_onehot = _explicit_parsing(Path(explicit), self.image_size)
-            picture = read_image(path, self.image_size, resize=Image.Resampling.BICUBIC)
+            picture = read_image(path, self.image_size, resample=Image.Resampling.BICUBIC)
             return Person(_image_tensor(picture), parsing_onehot, path.stem)
         raise self._unknown(name, "image", self.layout.image_names())
 
@@ -328,7 +302,7 @@ class Synthesizer:
     def pose_input(self, poses: Sequence[PoseLike]) -> torch.Tensor:
         """Poses -> the generator's pose input [B, 30, H, W]."""
         keypoints = torch.stack([self.keypoints(p) for p in poses]).to(self.device)
-        return pose_input(keypoints, self.image_size, self.pose.mode, self.pose.sigma)
+        return pose_input(keypoints, self.image_size, self.pose)
 
     @torch.no_grad()
     def render(self, poses: Sequence[PoseLike], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,7 +371,7 @@ def _stem(value: Any) -> str:
 
 def _output_stem(source: str, pose: str, swaps: Mapping[str, str], mix: str | None, alpha: float,
                  regions: str | None) -> str:
-    stem = f"{_stem(source)}{SEPARATOR}{_stem(pose)}"  # as the test stage names a pair: casd evaluate reads both
+    stem = f"{_stem(source)}{PAIR_SEPARATOR}{_stem(pose)}"  # as the test stage names a pair: casd evaluate reads both
     for region, donor in swaps.items():
         stem += f"_swap-{region}-{_stem(donor)}"
     if mix is not None:
@@ -459,220 +433,3 @@ def result_strip(source: np.ndarray, pose: np.ndarray, donors: Sequence[tuple[st
     panels = [source, pose, *[p for _, p in donors], result, parsing]
     names = ["source", "target pose", *[c for c, _ in donors], "result", "parsing"]
     return visuals.make_strip(panels, gap=2, scale=scale, labels=names if labels else None)
-
-
-# --------------------------------------------------------------------------- the test stage
-
-@dataclasses.dataclass
-class GenerationConfig:
-    """The ``test:`` section of params.yaml: how the test stage generates every test pair."""
-
-    checkpoint: str = "models/generator.pt"  # any generator file casd.checkpoints.load_generator reads
-    batch_size: int = 8                      # pairs per generator call
-    device: str = "auto"                     # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: str = "none"                        # none (fp32, as upstream tests) | auto (fp16 on CUDA) | fp16 | bf16
-    strips: int = 16                         # strips for this many pairs spread over the list; -1 = all, 0 = none
-    limit: int = 0                           # only the first N pairs (quick looks); 0 = all
-    workers: int = 0                         # DataLoader worker processes reading the test images
-
-    def __post_init__(self):
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"test.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"test.batch_size must be >= 1, got {self.batch_size}")
-        if int(self.limit) < 0 or int(self.workers) < 0 or int(self.strips) < -1:
-            raise ConfigError("test.limit and test.workers must be >= 0, test.strips >= -1")
-
-
-@dataclasses.dataclass
-class GenerationJob:
-    """Everything the test stage reads from params.yaml, typed, and where it writes."""
-
-    config: GenerationConfig
-    image_size: tuple[int, int]                          # data.image_size
-    pose: PoseConfig = dataclasses.field(default_factory=PoseConfig)  # for files that do not record it (upstream)
-    model: dict | None = None                            # model: section, checked against the checkpoint
-    data_root: Path = DATA_ROOT
-    out_dir: Path = GENERATED_DIR
-    parsing_dir: Path = PREDICTED_PARSING_DIR
-    strips_dir: Path = STRIPS_DIR
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> "GenerationJob":
-        """The sections of params file ``source`` (read into ``params``) the test stage uses."""
-        data = from_dict(DataConfig, params.get("data"), "data", source)
-        return cls(config=from_dict(GenerationConfig, params.get("test"), "test", source),
-                   image_size=tuple(data.image_size), pose=from_dict(PoseConfig, params.get("pose"), "pose", source),
-                   model=dict(params.get("model") or {}))
-
-
-def output_name(source: str, target: str) -> str:
-    """``<source stem>___<target stem>.png``: the generated picture (and predicted parsing) of one pair."""
-    stem = lambda name: name[:-4] if name.lower().endswith((".jpg", ".png")) else name  # noqa: E731
-    return safe_name(f"{stem(source)}{SEPARATOR}{stem(target)}.png", "pairs")
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``test.amp`` on ``device`` (None = full precision)."""
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
-
-
-def fingerprint(checkpoint: Path, dataset: PairDataset, amp: torch.dtype | None) -> str:
-    """Hash of everything that decides the generated pictures.
-
-    The checkpoint's bytes, the test inputs' bytes (pairs CSV, keypoints, every
-    image and parsing map a pair uses: a re-run of resize or segment with other
-    settings changes them under the same names), image size, pose rendering, AMP.
-    """
-    h = hashlib.sha256()
-
-    def add(path: Path) -> None:
-        h.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-
-    layout, phase = dataset.layout, dataset.phase
-    add(checkpoint)
-    add(layout.pairs(phase))
-    add(layout.keypoints(phase))
-    for name in dataset.names:
-        add(layout.image(phase, name))
-        add(layout.parsing_map(phase, name))
-    pose = dataset.pose_config
-    h.update(json.dumps([_FINGERPRINT_VERSION, list(dataset.image_size), pose.mode, pose.sigma, str(amp)]).encode())
-    return h.hexdigest()[:20]
-
-
-def strip_indices(count: int, strips: int) -> set[int]:
-    """Indices of the pairs that get a strip: ``strips`` spread evenly over ``count`` (-1: all)."""
-    if strips < 0 or strips >= count:
-        return set(range(count))
-    return set(np.linspace(0, count - 1, strips).round().astype(int).tolist()) if strips else set()
-
-
-def _prepare_output(job: GenerationJob, stamp: str, manifest: dict) -> None:
-    """Keep the pictures of a run with the same fingerprint, for the pairs still listed; clear the rest."""
-    path = job.out_dir / MANIFEST
-    previous = None
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
-        except (OSError, ValueError):
-            previous = None
-    keep = {f for _, _, f in manifest["pairs"]} if previous == stamp else set()
-    keep_strips = set(manifest["strips"]) & keep
-    stale = []
-    for folder, kept in ((job.out_dir, keep), (job.parsing_dir, keep), (job.strips_dir, keep_strips)):
-        if folder is not None and folder.is_dir():
-            stale += [p for p in folder.glob("*.png") if p.name not in kept]
-    if stale:
-        why = "are no longer listed" if previous == stamp else "come from another checkpoint, data or settings"
-        print(f"test: removing {len(stale)} earlier pictures that {why}", flush=True)
-    for p in stale:
-        p.unlink()
-    write_json(path, {**manifest, "complete": False})
-
-
-@torch.no_grad()
-def generate_test_pairs(generator, dataset: PairDataset, job: GenerationJob, stamp: str = "",
-                        checkpoint_source: str | None = None) -> dict:
-    """Generate every pair of ``dataset`` (a test-phase :class:`PairDataset`) as ``job`` says.
-
-    Writes ``job.out_dir/<output_name>`` and ``job.parsing_dir/<output_name>``
-    per pair, strips (:data:`STRIP_PANELS`) for :func:`strip_indices` pairs under
-    ``job.strips_dir`` (None: no strips), and ``out_dir/manifest.json``
-    (pairs, file names, fingerprint ``stamp``, timing). Pairs already written
-    under the same ``stamp`` are skipped. Returns the manifest.
-    """
-    cfg = job.config
-    device = resolve_device(cfg.device)
-    amp = autocast_dtype(cfg.amp, device)
-    generator = generator.to(device).eval().set_modulated_norm("sample")  # upstream's batch-1 pictures, batched
-    names = dataset.names
-    pairs = [(names[int(s)], names[int(t)]) for s, t in dataset.pairs]
-    if cfg.limit:
-        pairs = pairs[:cfg.limit]
-    files = [output_name(s, t) for s, t in pairs]
-    if len(set(files)) != len(files):
-        dup = next(f for f in files if files.count(f) > 1)
-        raise DataError(dataset.layout.pairs(dataset.phase), f"pair listed twice (output {dup})")
-    with_strip = strip_indices(len(pairs), cfg.strips) if job.strips_dir is not None else set()
-    manifest = {"fingerprint": stamp, "image_size": list(dataset.image_size), "pose_mode": dataset.pose_config.mode,
-                "amp": str(amp).replace("torch.", "") if amp else "none", "checkpoint_source": checkpoint_source,
-                "checkpoint": cfg.checkpoint, "predicted_parsing": str(job.parsing_dir),
-                "pairs": [[s, t, f] for (s, t), f in zip(pairs, files)],
-                "strips": sorted(files[i] for i in with_strip), "strip_panels": list(STRIP_PANELS)}
-    _prepare_output(job, stamp, manifest)
-
-    def done(i: int) -> bool:
-        return ((job.out_dir / files[i]).is_file() and (job.parsing_dir / files[i]).is_file()
-                and (i not in with_strip or (job.strips_dir / files[i]).is_file()))
-
-    todo = [i for i in range(len(pairs)) if not done(i)]
-    skipped = len(pairs) - len(todo)
-    if skipped:
-        print(f"test: {skipped} of {len(pairs)} pairs already generated, {len(todo)} to go", flush=True)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=cfg.batch_size,
-                                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
-    started = time.perf_counter()
-    order = iter(todo)
-    with tqdm(total=len(todo), desc="test pairs", unit="pair", disable=not todo) as bar:
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            add_pose_input(batch, dataset.image_size, dataset.pose_config)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                fake, attention = generator.decode(batch["BP2"], generator.encode_style(batch["P1"], batch["SP1"]))
-            pictures = visuals.to_uint8(fake.float())  # [B, H, W, 3]
-            regions = predicted_parsing(attention, dataset.image_size).cpu().numpy()  # [B, H, W]
-            sources, truths = visuals.to_uint8(batch["P1"]), visuals.to_uint8(batch["P2"])
-            for b, picture in enumerate(pictures):
-                i = next(order)
-                visuals.save_png(picture, job.out_dir / files[i])
-                visuals.save_png(regions[b], job.parsing_dir / files[i])
-                if i in with_strip:
-                    skeleton = visuals.draw_skeleton(batch["K2"][b], dataset.image_size)
-                    strip = visuals.make_strip([sources[b], skeleton, picture, truths[b],
-                                                visuals.parsing_colours(regions[b])])
-                    visuals.save_png(strip, job.strips_dir / files[i])
-            bar.update(len(pictures))
-    seconds = time.perf_counter() - started
-    manifest.update(complete=True, generated=len(todo), skipped=skipped, seconds=round(seconds, 3),
-                    pairs_per_s=round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
-                    batch_size=cfg.batch_size, device=str(device))
-    write_json(job.out_dir / MANIFEST, manifest)
-    return manifest
-
-
-def read_manifest(out_dir: str | Path = GENERATED_DIR) -> dict:
-    """The manifest of a finished test stage (DataError if absent or incomplete)."""
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(path, "not found: run the test stage first (dvc repro test)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if not manifest.get("complete"):
-        raise DataError(path, "the test stage did not finish; run it again (it resumes)")
-    return manifest
-
-
-def run_test(job: GenerationJob) -> dict:
-    """The test stage: load ``test.checkpoint`` (checked against params) and generate every test pair."""
-    checkpoint = Path(job.config.checkpoint)
-    device = resolve_device(job.config.device)
-    loaded = load_generator(checkpoint, device=device, modulated_norm="sample")
-    loaded.check_settings(model=job.model, image_size=job.image_size, pose_mode=job.pose.mode)
-    pose = PoseConfig(mode=loaded.pose_mode or job.pose.mode, sigma=loaded.pose_sigma or job.pose.sigma)
-    if not loaded.generator.vgg_pretrained:
-        print("test: note: this generator's style encoder VGG holds random weights (model.vgg_weights: none)",
-              flush=True)
-    dataset = PairDataset(job.data_root, "test", job.image_size, render_pose=False, pose_config=pose, preload=False)
-    stamp = fingerprint(checkpoint, dataset, autocast_dtype(job.config.amp, device))
-    manifest = generate_test_pairs(loaded.generator, dataset, job, stamp,
-                                   "upstream" if loaded.format == "upstream" else "casd")
-    rate = f", {manifest['pairs_per_s']} pairs/s" if manifest.get("pairs_per_s") else ""
-    print(f"test: {len(manifest['pairs'])} pairs -> {job.out_dir} ({manifest['generated']} generated, "
-          f"{manifest['skipped']} already there{rate}); predicted parsing -> {job.parsing_dir}; "
-          f"strips -> {job.strips_dir}", flush=True)
-    return manifest

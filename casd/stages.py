@@ -10,7 +10,8 @@ import json
 from typing import Any, Callable
 
 from casd.config import DEFAULT_PARAMS, Params, run_stage
-from casd.data.layout import PHASES, PREPARED, DataConfig
+from casd.data.config import DataConfig
+from casd.data.layout import PHASES, PREPARED
 from casd.fileio import remove_output_temp_files
 
 
@@ -72,7 +73,7 @@ def train(params: Params) -> dict:
 
 def test(params: Params) -> dict:
     """Generate every test pair with test.checkpoint (data/generated, data/predicted_parsing, data/strips)."""
-    from casd.inference import GenerationJob, run_test
+    from casd.generation import GenerationJob, run_test
 
     return run_test(GenerationJob.from_params(params.values, params.path))
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from casd.data.layout import NUM_REGIONS
+from casd.data.images import NUM_REGIONS
 from casd.data.pose import LIMBS
 from casd.fileio import atomic_path
 

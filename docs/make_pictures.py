@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from casd.config import run_stage
-from casd.data.layout import PreparedLayout, flat_person, read_pairs
+from casd.data.layout import PreparedLayout, flat_person
+from casd.data.tables import read_pairs
 from casd.inference import Synthesizer
 from casd.visuals import make_grid, make_strip, parsing_colours, save_png, to_uint8
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from casd.data.layout import DataConfig
+from casd.data.config import DataConfig
 from casd.data.synthetic import SynthConfig
 
 TINY_RAW_SIZE = (128, 88)

@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from casd.data import layout as formats
+from casd.data.tables import write_pairs
 from casd.losses import LossConfig
 from casd.models import Generator, GeneratorConfig
 
@@ -72,7 +72,7 @@ def write_prepared(root, size=(32, 24), identities=3, poses=3, test_identities=1
                 keypoints.append(kp)
                 person.append(name)
             pairs += [(a, b) for a in person for b in person if a != b]
-        formats.write_pairs(root / "split" / f"pairs-{phase}.csv", pairs)
+        write_pairs(root / "split" / f"pairs-{phase}.csv", pairs)
         (root / "pose").mkdir(parents=True, exist_ok=True)
         np.savez_compressed(root / "pose" / f"{phase}.npz", names=np.array(names, dtype=str),
                             keypoints=np.stack(keypoints))
@@ -133,8 +133,9 @@ def save_tiny_generator(path, generator: Generator | None = None, image_size=SIZ
 def fake_test_stage(root, paths, count=6, strips=2):
     """What the test stage leaves behind: pictures (noisy ground truth), strips, a finished manifest,
     predicted target parsing (the ground truth's, with the first pair's right half set to background)."""
-    from casd.data.layout import flat_stem, read_pairs
-    from casd.inference import output_name
+    from casd.data.layout import flat_stem
+    from casd.data.tables import read_pairs
+    from casd.data.layout import output_name
 
     pairs = read_pairs(root / "split" / "pairs-test.csv")[:count]
     paths.predicted_parsing.mkdir(parents=True, exist_ok=True)

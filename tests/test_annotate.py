@@ -30,7 +30,9 @@ from casd.annotate import (Annotator, annotate, annotate_deepfashion, annotate_i
                            locate_weights, _default_annotator)
 from casd.annotate import framing, parsing  # noqa: E402
 from casd.annotate.pose import PoseEstimator, coco_to_openpose  # noqa: E402
-from casd.data.layout import LIP_TO_REGION, annotation_file, list_file, read_annotations, read_list  # noqa: E402
+from casd.data.images import LIP_TO_REGION  # noqa: E402
+from casd.data.layout import annotation_file, list_file  # noqa: E402
+from casd.data.tables import read_annotations, read_list  # noqa: E402
 from casd.errors import DataError, WeightsError  # noqa: E402
 from casd.weights import REGISTRY  # noqa: E402
 
@@ -289,7 +291,7 @@ def test_annotate_deepfashion_makes_a_data_root(standin_weights, tmp_path):
         assert np.asarray(Image.open(out / "semantic_merge3" / f"{name[:-4]}.png")).max() < 20
     assert (out / "fashion-resize-pairs-test.csv").read_text().splitlines()[1] == f"{flat[0]},{flat[1]}"
     # the pipeline's split stage takes the folder as data.root
-    from casd.data.layout import DataConfig
+    from casd.data.config import DataConfig
     from casd.data.prepare import split
 
     summary = split(DataConfig(source="deepfashion", root=str(out)), raw_dir=out, out_dir=tmp_path / "split",

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from casd import app, visuals
-from casd.data.layout import REGION_NAMES
+from casd.data.images import REGION_NAMES
 from casd.data.pose import KEYPOINT_NAMES, pose_input
 from casd.errors import CasdError, DataError
 from casd.inference import Synthesizer
@@ -88,7 +88,7 @@ def test_dragged_joint_reaches_the_generator_in_the_prepared_frame(studio, synth
     assert torch.nonzero(pose[0, WRIST]).tolist() == [[50, 30]]
     expected = synth.keypoints(TARGET).clone()
     expected[WRIST] = torch.tensor([50, 30])
-    torch.testing.assert_close(pose, pose_input(expected[None], (h, w), "onehot"), rtol=0, atol=0)
+    torch.testing.assert_close(pose, pose_input(expected[None], (h, w)), rtol=0, atol=0)
 
 
 def test_mirror_swaps_sides_and_flips_x(synth):

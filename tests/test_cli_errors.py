@@ -19,7 +19,7 @@ from PIL import Image
 
 from casd.checkpoints import export_upstream_state_dict, load_checkpoint, save_checkpoint
 from casd.cli import main as casd_main
-from casd.data.layout import REGION_NAMES
+from casd.data.images import REGION_NAMES
 from helpers import save_tiny_generator, tiny_generator
 
 SIZE = (32, 24)

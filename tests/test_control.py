@@ -7,7 +7,7 @@ import torch
 
 from casd import control
 from casd.errors import CasdError
-from casd.data.layout import REGION_NAMES
+from casd.data.images import REGION_NAMES
 
 
 def tokens(batch=2, seed=0):

@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from casd.data import layout as formats, pose
-from casd.data.dataset import EpochPairSampler, PairDataset, add_pose_input, flip_keypoints
+from casd.data import pose
+from casd.data.images import LIP_TO_REGION
+from casd.data.tables import read_pairs
+from casd.data.dataset import EpochPairSampler, PairBatch, PairDataset, flip_keypoints
 from casd.errors import DataError
 from helpers import write_prepared
 
@@ -26,30 +28,33 @@ def prepared(tmp_path_factory):
     return root
 
 
-def test_sample_contents(prepared):
+def test_an_item_is_a_named_batch_of_one_pair(prepared):
     ds = PairDataset(prepared, "train", (32, 24))
     assert len(ds) == 3 * 3 * 2
     s = ds[0]
-    for key in ("P1", "P2"):
-        assert s[key].shape == (3, 32, 24) and s[key].dtype == torch.float32
-        assert -1.0 <= s[key].min() and s[key].max() <= 1.0
-    for key in ("SP1", "SP2"):
-        assert s[key].shape == (8, 32, 24)
-        assert torch.equal(s[key].sum(0), torch.ones(32, 24))  # one-hot
-    assert s["BP1"].shape == (30, 32, 24) and s["K1"].shape == (18, 2)
-    src, dst = formats.read_pairs(prepared / "split" / "pairs-train.csv")[0]
-    assert (s["P1_name"], s["P2_name"]) == (src, dst)
+    assert isinstance(s, PairBatch) and len(s) == 1
+    for image in (s.source, s.target):
+        assert image.shape == (1, 3, 32, 24) and image.dtype == torch.float32
+        assert -1.0 <= image.min() and image.max() <= 1.0
+    for parsing in (s.source_parsing, s.target_parsing):
+        assert parsing.shape == (1, 8, 32, 24)
+        assert torch.equal(parsing.sum(1), torch.ones(1, 32, 24))  # one-hot
+    assert s.source_keypoints.shape == (1, 18, 2) and s.target_pose is None
+    src, dst = read_pairs(prepared / "split" / "pairs-train.csv")[0]
+    assert (s.source_names, s.target_names) == ([src], [dst])
     keypoints = pose.load_keypoints(prepared / "pose" / "train.npz")
-    assert torch.equal(s["K2"], torch.from_numpy(keypoints[dst].astype(np.int64)))
+    assert torch.equal(s.target_keypoints[0], torch.from_numpy(keypoints[dst].astype(np.int64)))
     # image pixels come from the file (JPEG, so approximately)
     raw = np.asarray(Image.open(prepared / "resized" / "train" / src), dtype=np.float32) / 127.5 - 1
-    assert torch.allclose(s["P1"].permute(1, 2, 0), torch.from_numpy(raw), atol=1e-6)
-    # the pose input is exactly casd.data.pose's rendering, in the loader or batched
-    assert torch.equal(s["BP2"], pose.pose_input(s["K2"][None], (32, 24))[0])
-    lazy = PairDataset(prepared, "train", (32, 24), render_pose=False, preload=False)[0]
-    assert "BP1" not in lazy and torch.equal(lazy["P1"], s["P1"]) and torch.equal(lazy["SP2"], s["SP2"])
-    batch = torch.utils.data.default_collate([lazy, lazy])
-    assert torch.equal(add_pose_input(batch, (32, 24), pose.PoseConfig())["BP1"][1], s["BP1"])
+    assert torch.allclose(s.source[0].permute(1, 2, 0), torch.from_numpy(raw), atol=1e-6)
+    lazy = PairDataset(prepared, "train", (32, 24), preload=False)[0]
+    assert torch.equal(lazy.source, s.source) and torch.equal(lazy.target_parsing, s.target_parsing)
+    # a DataLoader joins items in order; the target pose is exactly casd.data.pose's rendering, batched
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=PairBatch.collate)
+    batch = next(iter(loader)).render_target_pose((32, 24), pose.PoseConfig())
+    assert len(batch) == 3 and batch.source_names[0] == src and torch.equal(batch.source[:1], s.source)
+    assert torch.equal(batch.target_pose, pose.pose_input(batch.target_keypoints, (32, 24)))
+    assert torch.equal(batch.target[2], ds[2].target[0])
 
 
 def test_flip_permutation_swaps_named_left_right_joints():
@@ -74,16 +79,16 @@ def test_merged_regions_have_no_left_right():
     # which is why the dataset flips parsing maps by pixels only
     lip_flip = np.arange(20)
     lip_flip[[14, 15, 16, 17, 18, 19]] = [15, 14, 17, 16, 19, 18]   # left/right arm, leg, shoe
-    assert np.array_equal(formats.LIP_TO_REGION[lip_flip], formats.LIP_TO_REGION)
+    assert np.array_equal(LIP_TO_REGION[lip_flip], LIP_TO_REGION)
 
 
 def test_flipped_sample_is_consistent(prepared):
     ds = PairDataset(prepared, "train", (32, 24))
     plain, flipped = ds[(4, False)], ds[(4, True)]
-    for tag in ("1", "2"):
-        assert torch.equal(flipped[f"P{tag}"], plain[f"P{tag}"].flip(-1))
-        assert torch.equal(flipped[f"SP{tag}"], plain[f"SP{tag}"].flip(-1))
-        k, kf = plain[f"K{tag}"], flipped[f"K{tag}"]
+    for side in ("source", "target"):
+        assert torch.equal(getattr(flipped, side), getattr(plain, side).flip(-1))
+        assert torch.equal(getattr(flipped, f"{side}_parsing"), getattr(plain, f"{side}_parsing").flip(-1))
+        k, kf = getattr(plain, f"{side}_keypoints")[0], getattr(flipped, f"{side}_keypoints")[0]
         names = pose.KEYPOINT_NAMES
         for right, left in MIRRORED:
             r, l_ = names.index(right), names.index(left)
@@ -92,9 +97,9 @@ def test_flipped_sample_is_consistent(prepared):
         # the arm region (drawn on the person's left side only) moved with the wrist, which is now
         # called the right wrist: labels and joints still agree after the flip
         wrist = kf[names.index("right_wrist")]
-        assert flipped[f"SP{tag}"][6, wrist[0], wrist[1]] == 1
+        assert getattr(flipped, f"{side}_parsing")[0, 6, wrist[0], wrist[1]] == 1
         # pose maps rendered from the flipped keypoints are the mirrored maps, channels swapped
-        bp, bpf = plain[f"BP{tag}"], flipped[f"BP{tag}"]
+        bp, bpf = pose.pose_input(k[None], (32, 24))[0], pose.pose_input(kf[None], (32, 24))[0]
         perm = torch.as_tensor(pose.FLIP_PERMUTATION)
         assert torch.equal(bpf[:18], bp[:18].flip(-1)[perm])
 

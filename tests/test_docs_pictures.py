@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from casd import visuals
-from casd.data.layout import PreparedLayout, flat_person, read_pairs
+from casd.data.layout import PreparedLayout, flat_person
+from casd.data.tables import read_pairs
 from casd.inference import Synthesizer
 from helpers import save_tiny_generator
 

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from casd import inference, visuals
+from casd.data.layout import output_name
 from casd.errors import CasdError, DataError
-from casd.data.layout import REGION_NAMES
+from casd.data.images import REGION_NAMES
 from casd.data.pose import pose_input
 from helpers import responsive_tiny_generator, save_tiny_generator, tiny_generator
 
@@ -179,10 +180,10 @@ def test_generate_pairs_writes_images_and_strips(synth, tmp_path):
     images = [p for p in written if not p.name.endswith("_strip.png")]
     strips = [p for p in written if p.name.endswith("_strip.png")]
     assert len(images) == len(strips) == 2
-    assert images[0].name == inference.output_name(NAMES[0], NAMES[1]).replace(
+    assert images[0].name == output_name(NAMES[0], NAMES[1]).replace(
         ".png", f"_swap-upper_clothes-{NAMES[3].removesuffix('.jpg')}.png")
     plain = inference.generate_pairs(synth, [(NAMES[0], NAMES[1])], tmp_path / "plain", strips=False)
-    assert [p.name for p in plain] == [inference.output_name(NAMES[0], NAMES[1])]  # the test stage's name
+    assert [p.name for p in plain] == [output_name(NAMES[0], NAMES[1])]  # the test stage's name
     with Image.open(images[0]) as img:
         assert img.size == (SIZE[1], SIZE[0])
     with Image.open(strips[0]) as img:  # source | pose | donor | result | predicted parsing, 2 px gaps
@@ -232,7 +233,7 @@ def test_cli_tryon_writes_result_and_strip(checkpoint, data_root, tmp_path, synt
 
 def test_cli_pairs_batch(checkpoint, data_root, tmp_path):
     from casd.cli import main as casd_main
-    from casd.data.layout import write_pairs
+    from casd.data.tables import write_pairs
 
     write_pairs(tmp_path / "pairs.csv", [(NAMES[0], NAMES[1]), (NAMES[1], NAMES[2]), (NAMES[3], NAMES[0])])
     casd_main(["generate", "--checkpoint", str(checkpoint), "--data-root", str(data_root), "--pairs",

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from casd.errors import DataError
-from casd.data.layout import (DataConfig, annotation_file, raw_file, read_annotations, rescale_keypoints,
-                              write_annotations)
+from casd.data.config import DataConfig
+from casd.data.layout import annotation_file, raw_file
+from casd.data.tables import read_annotations, rescale_keypoints, write_annotations
 from casd.data.pose import (FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS, PoseConfig, extract_pose, limb_maps, load_keypoints,
                        pose_input, pose_maps)
 
@@ -212,7 +213,7 @@ def test_pose_input_into_preallocated_buffer():
     buffer = torch.full((2, 30, 20, 14), 7.0)  # stale values must all be overwritten
     out = pose_input(batch, SIZE, out=buffer)
     assert out.data_ptr() == buffer.data_ptr() and torch.equal(out, pose_input(batch, SIZE))
-    gaussian = pose_input(batch, SIZE, "gaussian", 3.0, out=buffer)
+    gaussian = pose_input(batch, SIZE, PoseConfig("gaussian", 3.0), out=buffer)
     assert torch.allclose(gaussian[:, :18], pose_maps(batch, SIZE, "gaussian", 3.0))
     with pytest.raises(ValueError, match="out must be"):
         pose_input(batch, SIZE, out=torch.empty(2, 29, 20, 14))

@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from casd.errors import DataError
-from casd.data.layout import LIP_TO_REGION, flat_name, read_list, read_pairs
+from casd.data.images import LIP_TO_REGION
+from casd.data.layout import flat_name
+from casd.data.tables import read_list, read_pairs
 from casd.data.prepare import SOURCES, read_sources, resize, segment, split
 
 
@@ -377,7 +379,7 @@ SIGTERM_SCRIPT = """
 import sys, time
 from pathlib import Path
 import casd.data.prepare as prepare
-from casd.data.layout import DataConfig
+from casd.data.config import DataConfig
 from casd.fileio import atomic_path
 
 def slow(job):

@@ -218,7 +218,7 @@ def test_unfinished_test_stage_is_an_error(stage):
 
 def test_folder_scoring_equals_the_stage_on_the_same_images(stage, random_networks, tmp_path):
     from casd import cli
-    from casd.data.layout import write_pairs
+    from casd.data.tables import write_pairs
 
     paths, rows = stage
     stage_result = evaluate.evaluate(_config(), paths, networks=random_networks, track=False)

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from casd.errors import ConfigError, DataError
-from casd.data.layout import (DataConfig, flat_name, read_annotations, read_list, read_pairs)
+from casd.data.config import DataConfig
+from casd.data.layout import flat_name
+from casd.data.tables import read_annotations, read_list, read_pairs
 from casd.data.synthetic import (BG, EYE_COLOUR, FACE, MOUTH_COLOUR, OUTLINE_SHADE, SynthConfig, colour_image, draw_labels,
                         generate, identity_palette, lighting, make_identity, outline, render, run, sample_figure,
                         validate_source)

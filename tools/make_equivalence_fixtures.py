@@ -1,6 +1,6 @@
 """Write tests/fixtures/upstream_equivalence.pt: upstream CASD generator outputs under the fixture rule.
 
-Usage (see casd/testing.py for the whole procedure and the rules)::
+Usage (see tests/upstream_rules.py for the whole procedure and the rules)::
 
     python tools/make_equivalence_fixtures.py /tmp/upstream_casd [--out tests/fixtures/upstream_equivalence.pt]
 

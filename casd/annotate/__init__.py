@@ -38,8 +38,10 @@ from casd import weights
 from casd.annotate.framing import FRAME_SIZE, MARGIN, Frame, crop, frame_person
 from casd.annotate.parsing import INPUT_SIZE, ParserConfig, SCHPParser, load_parser, parse
 from casd.annotate.pose import DEFAULT_THRESHOLD, PoseEstimator, coco_to_openpose
+from casd.data.images import merge_parsing
 from casd.data.layout import (IMAGE_TREE, PARSING_TREE, PHASES, annotation_file, flat_name, flat_stem, list_file,
-                              merge_parsing, pairs_file, read_list, read_pairs, write_annotations, write_pairs)
+                              pairs_file)
+from casd.data.tables import read_list, read_pairs, write_annotations, write_pairs
 from casd.errors import DataError, WeightsError
 from casd.fileio import atomic_path, write_json, write_text
 

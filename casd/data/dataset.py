@@ -1,19 +1,22 @@
-"""Training / test pairs over the prepared data (:class:`casd.data.layout.PreparedLayout`).
+"""Training / test pairs over the prepared data (:class:`casd.data.layout.PreparedLayout`), as named batches.
 
-One sample (``PairDataset[(pair_index, flip)]``)::
+``PairDataset[(pair_index, flip)]`` is a :class:`PairBatch` of one pair; the
+DataLoader joins them with :meth:`PairBatch.collate`::
 
-    P1, P2    float [3, H, W] in [-1, 1]        source and target image
-    K1, K2    long  [18, 2] (y, x), -1 missing   keypoints (after the flip, if any)
-    SP1, SP2  float [8, H, W] one-hot            merged parsing
-    BP1, BP2  float [30, H, W]                   pose input (18 keypoint + 12 limb maps), only with
-                                                 ``render_pose=True``; else :func:`add_pose_input`
-                                                 renders a whole batch on the training device
-    P1_name, P2_name  str                        flat file names
+    source, target                  float [B, 3, H, W] in [-1, 1]
+    source_parsing, target_parsing  float [B, 8, H, W] one-hot merged regions
+    source_keypoints, target_keypoints  long [B, 18, 2] (y, x), -1 missing (after the flip, if any)
+    target_pose                     float [B, 30, H, W] (18 keypoint + 12 limb maps), rendered on the
+                                    training device by :meth:`PairBatch.render_target_pose`
+    source_names, target_names      flat file names
+
+Upstream's names for the same tensors (P1, P2, SP1, SP2, K1, K2, BP2) appear
+only where upstream's files are read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,7 +24,9 @@ import numpy as np
 import torch
 
 from casd.data import pose
-from casd.data.layout import PreparedLayout, parsing_onehot, read_image, read_pairs, read_regions
+from casd.data.images import parsing_onehot, read_image, read_regions
+from casd.data.layout import PreparedLayout
+from casd.data.tables import read_pairs
 from casd.data.pose import PoseConfig
 from casd.errors import DataError
 
@@ -49,11 +54,10 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_root: str | Path, phase: str, image_size: Sequence[int], *,
-                 render_pose: bool = True, pose_config: PoseConfig | None = None, preload: bool = True):
+                 pose_config: PoseConfig | None = None, preload: bool = True):
         self.layout = PreparedLayout(Path(data_root))
         self.phase = phase
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.render_pose = render_pose
         self.pose_config = pose_config or PoseConfig()
 
         pairs_csv = self.layout.pairs(phase)
@@ -105,49 +109,57 @@ class PairDataset(torch.utils.data.Dataset):
     def _regions(self, i: int) -> torch.Tensor:
         return self.regions[i] if self.regions is not None else torch.from_numpy(self._load_regions(i))
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> dict:
+    def __getitem__(self, item: int | tuple[int, bool]) -> "PairBatch":
         pair_index, flip = (item, False) if isinstance(item, (int, np.integer)) else item
-        src, dst = (int(i) for i in self.pairs[int(pair_index)])
-        sample = {}
-        for tag, i in (("1", src), ("2", dst)):
+        people = []
+        for i in (int(i) for i in self.pairs[int(pair_index)]):
             image, regions, keypoints = self._image(i), self._regions(i), self.keypoints[i]
             if flip:
                 # Merged regions have no left/right classes (both arms are one region, both legs
                 # another), so mirroring the label pixels is the whole flip of the parsing.
                 image, regions = image.flip(-1), regions.flip(-1)
                 keypoints = flip_keypoints(keypoints, self.image_size[1])
-            sample[f"P{tag}"] = image
-            sample[f"K{tag}"] = keypoints
-            sample[f"SP{tag}"] = parsing_onehot(regions.long()[None])[0]
-            if self.render_pose:
-                sample[f"BP{tag}"] = pose.pose_input(keypoints[None], self.image_size, self.pose_config.mode,
-                                                     self.pose_config.sigma)[0]
-            sample[f"P{tag}_name"] = self.names[i]
-        return sample
-
-
-def add_pose_input(batch: dict, image_size: Sequence[int], pose_config: PoseConfig) -> dict:
-    """Render BP1/BP2 [B, 30, H, W] from K1/K2 [B, 18, 2] for a whole batch (on the batch's device)."""
-    for tag in ("1", "2"):
-        batch[f"BP{tag}"] = pose.pose_input(batch[f"K{tag}"], tuple(image_size), pose_config.mode, pose_config.sigma)
-    return batch
+            people.append((image[None], parsing_onehot(regions.long()[None]), keypoints[None], self.names[i]))
+        (source, source_parsing, source_keypoints, source_name), (target, target_parsing, target_keypoints,
+                                                                  target_name) = people
+        return PairBatch(source=source, target=target, source_parsing=source_parsing, target_parsing=target_parsing,
+                         source_keypoints=source_keypoints, target_keypoints=target_keypoints,
+                         source_names=[source_name], target_names=[target_name])
 
 
 @dataclass
 class PairBatch:
-    """A collated batch of :class:`PairDataset` samples, named by meaning (what training reads)."""
+    """(source, target) pairs, named by meaning: what the dataset yields and training and the test stage read."""
 
     source: torch.Tensor                     # [B,3,H,W] in [-1, 1]
     target: torch.Tensor                     # [B,3,H,W] in [-1, 1]
     source_parsing: torch.Tensor             # [B,8,H,W] one-hot
     target_parsing: torch.Tensor             # [B,8,H,W] one-hot
+    source_keypoints: torch.Tensor           # [B,18,2] (y, x), -1 missing
     target_keypoints: torch.Tensor           # [B,18,2] (y, x), -1 missing
+    source_names: list[str] = field(default_factory=list)
+    target_names: list[str] = field(default_factory=list)
     target_pose: torch.Tensor | None = None  # [B,30,H,W] pose input; see :meth:`render_target_pose`
 
     @classmethod
-    def from_collated(cls, batch: dict) -> "PairBatch":
-        return cls(source=batch["P1"], target=batch["P2"], source_parsing=batch["SP1"], target_parsing=batch["SP2"],
-                   target_keypoints=batch["K2"], target_pose=batch.get("BP2"))
+    def collate(cls, items: Sequence["PairBatch"]) -> "PairBatch":
+        """Batches (a DataLoader's list of dataset items) -> one batch, in order (``collate_fn``)."""
+        joined = {}
+        for name, first in vars(items[0]).items():
+            if isinstance(first, torch.Tensor):
+                joined[name] = torch.cat([getattr(item, name) for item in items])
+            elif isinstance(first, list):
+                joined[name] = [value for item in items for value in getattr(item, name)]
+            else:
+                joined[name] = first
+        return cls(**joined)
+
+    def __len__(self) -> int:
+        return self.source.shape[0]
+
+    def pin_memory(self) -> "PairBatch":
+        """Every tensor in pinned memory (the DataLoader calls this with ``pin_memory=True``)."""
+        return PairBatch(**{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
 
     def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> "PairBatch":
         """Every tensor on ``device``; images and maps [B,C,H,W] in ``memory_format``."""
@@ -163,7 +175,7 @@ class PairBatch:
     def render_target_pose(self, image_size: Sequence[int], pose_config: PoseConfig,
                            memory_format: torch.memory_format = torch.contiguous_format) -> "PairBatch":
         """Render ``target_pose`` from ``target_keypoints`` for the whole batch, on the batch's device."""
-        rendered = pose.pose_input(self.target_keypoints, tuple(image_size), pose_config.mode, pose_config.sigma)
+        rendered = pose.pose_input(self.target_keypoints, tuple(image_size), pose_config)
         self.target_pose = rendered.contiguous(memory_format=memory_format)
         return self
 

@@ -17,8 +17,10 @@ from tqdm import tqdm
 
 from casd.errors import ConfigError, DataError
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt
-from casd.data.layout import (NUM_KEYPOINTS, PHASES, PREPARED, REPORTS_DIR, DataConfig, ErrorPolicy, InputGuard,
-                              annotation_file, raw_file, read_annotations, require_written, rescale_keypoints)
+from casd.data.config import DataConfig
+from casd.data.inputs import ErrorPolicy, InputGuard, require_written
+from casd.data.layout import PHASES, PREPARED, REPORTS_DIR, annotation_file, raw_file
+from casd.data.tables import NUM_KEYPOINTS, read_annotations, rescale_keypoints
 
 KEYPOINT_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
                   "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
@@ -165,12 +167,14 @@ def limb_maps(keypoints: torch.Tensor, size: tuple[int, int], out: torch.Tensor 
     return out
 
 
-def pose_input(keypoints: torch.Tensor, size: tuple[int, int], mode: str = "onehot",
-               sigma: float = 6.0, out: torch.Tensor | None = None) -> torch.Tensor:
+def pose_input(keypoints: torch.Tensor, size: tuple[int, int], config: PoseConfig | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """The generator's pose input: cat(pose_maps, limb_maps) [B, 30, H, W], written in place (no concatenation).
 
+    ``config``: the keypoint maps' rendering (``pose.mode``, ``pose.sigma``; default one-hot).
     ``out``: optional preallocated [B, 30, H, W] float32 result.
     """
+    mode, sigma = (config.mode, config.sigma) if config is not None else ("onehot", 6.0)
     _check(keypoints)
     out = _output(keypoints, NUM_KEYPOINTS + NUM_LIMBS, size, out)
     _pose_maps_into(out[:, :NUM_KEYPOINTS], keypoints, size, mode, sigma)

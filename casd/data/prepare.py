@@ -20,10 +20,12 @@ from tqdm import tqdm
 from casd.errors import DataError
 from casd.data.parallel import WorkerPool
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json
-from casd.data.layout import (IMAGE_TREE, LIP_TO_REGION, PARSING_TREE, PHASES, PREPARED, REPORTS_DIR, DataConfig,
-                              ErrorPolicy, InputGuard, annotation_file, flat_name, flat_stem, list_file, pairs_file,
-                              raw_file, read_annotations, read_list, read_pairs_rows, require_written,
-                              write_pairs)
+from casd.data.config import DataConfig
+from casd.data.images import LIP_TO_REGION
+from casd.data.inputs import ErrorPolicy, InputGuard, require_written
+from casd.data.layout import (IMAGE_TREE, PARSING_TREE, PHASES, PREPARED, REPORTS_DIR, annotation_file, flat_name,
+                              flat_stem, list_file, pairs_file, raw_file)
+from casd.data.tables import read_annotations, read_list, read_pairs_rows, write_pairs
 
 MANIFEST = ".inputs.json"   # settings + content digest of the input of every output in the folder
 SOURCES = "sources.csv"     # data/split/sources.csv: phase, flat name, the file under data.root it came from

@@ -20,9 +20,10 @@ from tqdm import tqdm
 from casd.errors import ConfigError, DataError
 from casd.data.parallel import WorkerPool
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json, write_text
-from casd.data.layout import (IMAGE_TREE, NUM_KEYPOINTS, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR,
-                              DataConfig, annotation_file, flat_name, flat_stem, list_file, pairs_file, raw_file,
-                              rescale_keypoints, write_annotations, write_pairs)
+from casd.data.config import DataConfig
+from casd.data.layout import (IMAGE_TREE, PARSING_TREE, PHASES, SOURCE_MANIFEST, SYNTH_RAW_DIR, annotation_file,
+                              flat_name, flat_stem, list_file, pairs_file, raw_file)
+from casd.data.tables import NUM_KEYPOINTS, rescale_keypoints, write_annotations, write_pairs
 
 JPEG_QUALITY = 92
 

@@ -24,14 +24,15 @@ from PIL import Image
 
 from casd import weights
 from casd.config import from_dict, resolve_device
-from casd.data.layout import (NUM_REGIONS, PREPARED, REGION_NAMES, flat_stem, parsing_file_name, read_image,
-                              read_pairs, read_regions)
+from casd.data.images import NUM_REGIONS, REGION_NAMES, read_image, read_regions
+from casd.data.layout import PREPARED, flat_stem, parsing_file_name
+from casd.data.tables import read_pairs
 from casd.errors import ConfigError, DataError, WeightsError
 from casd.evaluation import metrics
 from casd.evaluation.report import ReportInputs, build_report
 from casd.fileio import atomic_path, write_json
 from casd.visuals import parsing_colours
-from casd.inference import GENERATED_DIR, PREDICTED_PARSING_DIR, STRIPS_DIR, output_name, read_manifest
+from casd.data.layout import GENERATED_DIR, PREDICTED_PARSING_DIR, STRIPS_DIR, output_name, read_generated_manifest
 
 METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid", "colour", "pattern", "parsing")
 PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips", "colour_error", "pattern_error", "parsing_pixel_accuracy")
@@ -218,7 +219,7 @@ class _Reader:
         return picture
 
     def regions(self, path: Path) -> np.ndarray:
-        return read_regions(path, self.size, resize=True)
+        return read_regions(path, self.size, nearest_resize=True)
 
 
 def crop_panel(picture: np.ndarray, index: int, count: int, path: Path | str = "") -> np.ndarray:
@@ -411,11 +412,11 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
                                    for p in chunk])
             guesses = {}
             if predicted_ok:
-                guesses["model"] = np.stack([read_regions(paths.predicted(p), truth_size, resize=True)
+                guesses["model"] = np.stack([read_regions(paths.predicted(p), truth_size, nearest_resize=True)
                                              for p in chunk])
             if config.baseline:
                 guesses["baseline"] = np.stack([read_regions(paths.truth_parsing(p.source), truth_size,
-                                                             resize=True) for p in chunk])
+                                                             nearest_resize=True) for p in chunk])
             for kind, maps in guesses.items():
                 prefix = "" if kind == "model" else "baseline_"
                 confusion[kind] += metrics.confusion_matrix(maps, truth_maps, NUM_REGIONS)
@@ -646,7 +647,7 @@ def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, netw
     loaded from the pretrained files, and a missing file skips its metric.
     """
     paths = paths or EvaluatePaths()
-    manifest = read_manifest(paths.generated)
+    manifest = read_generated_manifest(paths.generated)
     pairs = [Pair(*p) for p in manifest["pairs"]]
     if not pairs:
         raise DataError(paths.generated / "manifest.json", "no pairs were generated")

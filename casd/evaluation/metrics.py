@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from casd.data.layout import NUM_REGIONS, read_image
+from casd.data.images import NUM_REGIONS, read_image
 from casd.errors import DataError, WeightsError
 from casd.fileio import atomic_path
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from casd.data.layout import read_image
+from casd.data.images import read_image
 from casd.fileio import write_text
 
 # Published CASD figures, DeepFashion 256x176 (reference README, section 5).

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -547,3 +548,14 @@ class Generator(nn.Module):
 
     def forward(self, pose: torch.Tensor, source_image: torch.Tensor, source_parsing: torch.Tensor):
         return self.decode(pose, self.encode_style(source_image, source_parsing))
+
+
+def predicted_parsing(attention_logits: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """The style-distribution blocks' logits, each [B, K, h, w] -> predicted target parsing [B, H, W] uint8.
+
+    Argmax over regions of the blocks' averaged region probabilities, upsampled
+    bilinearly to ``size`` (how the AMCE loss reads these maps).
+    """
+    probabilities = torch.stack([a.float().softmax(dim=1) for a in attention_logits]).mean(dim=0)
+    probabilities = F.interpolate(probabilities, size=tuple(size), mode="bilinear", align_corners=False)
+    return probabilities.argmax(dim=1).to(torch.uint8)

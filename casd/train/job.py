@@ -8,7 +8,7 @@ from pathlib import Path
 
 from casd.config import DEFAULT_PARAMS, from_dict
 from casd.errors import ConfigError
-from casd.data.layout import DataConfig
+from casd.data.config import DataConfig
 from casd.data.pose import PoseConfig
 from casd.losses import LossConfig
 from casd.models import GeneratorConfig

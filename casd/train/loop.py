@@ -149,14 +149,13 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, job = self.cfg, self.job
-        self.dataset = PairDataset(self.data_root, "train", job.image_size, render_pose=False, pose_config=job.pose,
-                                   preload=cfg.preload)
+        self.dataset = PairDataset(self.data_root, "train", job.image_size, pose_config=job.pose, preload=cfg.preload)
         self.sampler = EpochPairSampler(len(self.dataset), cfg.pairs_per_epoch, seed=cfg.seed, rank=self.dist.rank,
                                         world_size=self.dist.world_size, flip=cfg.flip)
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / self.batch_per_rank)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_per_rank, sampler=self.sampler, num_workers=cfg.workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+            collate_fn=PairBatch.collate, pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
             # its own generator: creating an iterator must not consume the global torch RNG
             generator=torch.Generator().manual_seed(cfg.seed))
 
@@ -223,10 +222,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def to_device(self, collated: dict) -> PairBatch:
-        """A DataLoader batch -> :class:`PairBatch` on the training device, target pose rendered there."""
-        batch = PairBatch.from_collated(collated).to(self.device, self.memory_format)
-        return batch.render_target_pose(self.job.image_size, self.job.pose, self.memory_format)
+    def to_device(self, batch: PairBatch) -> PairBatch:
+        """A DataLoader batch on the training device, its target pose rendered there."""
+        moved = batch.to(self.device, self.memory_format)
+        return moved.render_target_pose(self.job.image_size, self.job.pose, self.memory_format)
 
     def train_step(self, batch: PairBatch) -> tuple[dict[str, float], torch.Tensor]:
         """One G step and one D step; returns ({term: value averaged over ranks}, generated images)."""
@@ -309,8 +308,8 @@ class Trainer:
             window_steps, window_start = 0, time.perf_counter()
             epoch_start = epoch_clock = time.perf_counter()  # epoch_start restarts at each mid-epoch save
             epoch_samples = 0
-            for collated in self.loader:
-                batch = self.to_device(collated)
+            for batch in self.loader:
+                batch = self.to_device(batch)
                 terms, fake = self.train_step(batch)
                 n = fake.shape[0] * self.dist.world_size
                 self.step_in_epoch += 1
@@ -366,10 +365,9 @@ class Trainer:
     def preview(self, rows: int = 6) -> np.ndarray:
         """Sample grid on the first ``rows`` test pairs (train pairs if there is no test split)."""
         phase = "test" if PreparedLayout(self.data_root).pairs("test").is_file() else "train"
-        dataset = PairDataset(self.data_root, phase, self.job.image_size, render_pose=False, pose_config=self.job.pose,
-                              preload=False)
+        dataset = PairDataset(self.data_root, phase, self.job.image_size, pose_config=self.job.pose, preload=False)
         picks = np.linspace(0, len(dataset) - 1, min(rows, len(dataset))).round().astype(int)
-        batch = self.to_device(torch.utils.data.default_collate([dataset[int(i)] for i in picks]))
+        batch = self.to_device(PairBatch.collate([dataset[int(i)] for i in picks]))
         g = self.nets.generator
         was_training = g.training
         g.eval()

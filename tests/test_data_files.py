@@ -1,4 +1,5 @@
-"""DeepFashion names, CSV readers and their errors, the parsing merge table, coordinate rescaling."""
+"""The data files: names and paths (casd.data.layout), the CSV tables and their errors (casd.data.tables), the
+parsing merge table and readers (casd.data.images), coordinate rescaling, the data: section (casd.data.config)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import torch
 from casd.errors import ConfigError, DataError
 from PIL import Image
 
-from casd.data.layout import (LIP_TO_REGION, REGION_NAMES, DataConfig, ErrorPolicy, PreparedLayout, flat_category,
-                              flat_name, flat_person,
-                              merge_parsing, parsing_onehot, raw_file, read_annotations, read_image, read_list,
-                              read_pairs, read_regions, rescale_keypoints, write_annotations)
+from casd.data.config import DataConfig
+from casd.data.images import LIP_TO_REGION, REGION_NAMES, merge_parsing, parsing_onehot, read_image, read_regions
+from casd.data.inputs import ErrorPolicy
+from casd.data.layout import PreparedLayout, flat_category, flat_name, flat_person, raw_file
+from casd.data.tables import read_annotations, read_list, read_pairs, rescale_keypoints, write_annotations
 
 GOOD_Y = list(range(10, 28))
 GOOD_X = [5] * 17 + [-1]
@@ -271,12 +273,12 @@ def test_prepared_layout_and_readers(tmp_path):
     assert read_image(tmp_path / "grey.jpg", (4, 6)).shape == (4, 6, 3)
     with pytest.raises(DataError, match="image is 4x6, expected 8x6"):
         read_image(tmp_path / "grey.jpg", (8, 6))
-    assert read_image(tmp_path / "grey.jpg", (8, 12), resize=Image.Resampling.BICUBIC).shape == (8, 12, 3)
+    assert read_image(tmp_path / "grey.jpg", (8, 12), resample=Image.Resampling.BICUBIC).shape == (8, 12, 3)
     Image.fromarray(np.array([[0, 7], [8, 1]], np.uint8)).save(tmp_path / "bad.png")
     with pytest.raises(DataError, match="region id 8 outside the merged ids 0..7"):
         read_regions(tmp_path / "bad.png", (2, 2))
     Image.fromarray(np.array([[0, 7], [3, 1]], np.uint8)).save(tmp_path / "ok.png")
-    assert read_regions(tmp_path / "ok.png", (4, 4), resize=True).shape == (4, 4)
+    assert read_regions(tmp_path / "ok.png", (4, 4), nearest_resize=True).shape == (4, 4)
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(DataError, match="cannot read image"):
         read_image(tmp_path / "text.jpg")

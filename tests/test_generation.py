@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from casd import inference, visuals
+from casd import generation, visuals
+from casd.data.layout import output_name
+from casd.models.generator import predicted_parsing
 from casd.errors import ConfigError
 from casd.models.generator import GeneratorConfig
 from helpers import responsive_tiny_generator, save_tiny_generator
@@ -31,9 +33,9 @@ def checkpoints(tmp_path_factory):
 
 
 def _job(root, out, checkpoint, **test):
-    config = inference.GenerationConfig(checkpoint=str(checkpoint), device="cpu",
+    config = generation.GenerationConfig(checkpoint=str(checkpoint), device="cpu",
                                         **{"batch_size": 4, "strips": 3, **test})
-    return inference.GenerationJob(config=config, image_size=TINY_IMAGE_SIZE, data_root=root,
+    return generation.GenerationJob(config=config, image_size=TINY_IMAGE_SIZE, data_root=root,
                                    out_dir=out / "generated", parsing_dir=out / "predicted_parsing",
                                    strips_dir=out / "strips")
 
@@ -42,7 +44,7 @@ def _job(root, out, checkpoint, **test):
 def reference(tiny_prepared, checkpoints, tmp_path_factory):
     """One finished run of the test stage, batches of 4 (shared: read it, do not modify it)."""
     job = _job(tiny_prepared, tmp_path_factory.mktemp("reference"), checkpoints["casd"])
-    return job, inference.run_test(job)
+    return job, generation.run_test(job)
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def job(tiny_prepared, checkpoints, tmp_path):
 
 
 def _pairs(root):
-    from casd.data.layout import read_pairs
+    from casd.data.tables import read_pairs
 
     return read_pairs(root / "split" / "pairs-test.csv")
 
@@ -72,7 +74,7 @@ def test_every_pair_generated_under_its_name_with_strips(reference, tiny_prepare
     expected = {f"{s[:-4]}___{t[:-4]}.png" for s, t in pairs}
     assert {p.name for p in job.out_dir.glob("*.png")} == expected
     assert {p.name for p in job.parsing_dir.glob("*.png")} == expected
-    assert [tuple(p) for p in manifest["pairs"]] == [(s, t, inference.output_name(s, t)) for s, t in pairs]
+    assert [tuple(p) for p in manifest["pairs"]] == [(s, t, output_name(s, t)) for s, t in pairs]
     assert manifest["complete"] and manifest["generated"] == len(pairs) and manifest["skipped"] == 0
     strips = sorted(job.strips_dir.glob("*.png"))
     assert len(strips) == 3 and {p.name for p in strips} <= expected
@@ -85,7 +87,7 @@ def test_every_pair_generated_under_its_name_with_strips(reference, tiny_prepare
     assert regions.shape == (h, w) and regions.dtype == np.uint8 and regions.max() < 8
     np.testing.assert_array_equal(strip[:, 4 * w:], visuals.parsing_colours(regions))
     assert manifest["strip_panels"] == ["source", "target pose", "generated", "ground truth", "predicted parsing"]
-    source, target = next((s, t) for s, t in pairs if inference.output_name(s, t) == strips[0].name)
+    source, target = next((s, t) for s, t in pairs if output_name(s, t) == strips[0].name)
     truth = np.asarray(Image.open(tiny_prepared / "resized" / "test" / target))
     assert np.abs(strip[:, 3 * w:4 * w].astype(int) - truth).max() <= 1
     assert picture.std() > 1  # not a blank picture
@@ -93,7 +95,7 @@ def test_every_pair_generated_under_its_name_with_strips(reference, tiny_prepare
 
 def test_batched_generation_equals_batch_of_one(reference, tiny_prepared, checkpoints, tmp_path):
     single = _job(tiny_prepared, tmp_path, checkpoints["casd"], batch_size=1, strips=0, limit=5)
-    inference.run_test(single)
+    generation.run_test(single)
     _same_pictures(reference[0].out_dir, single.out_dir, tolerance=1)
 
 
@@ -111,20 +113,20 @@ def test_restart_after_interruption_skips_finished_pairs(job, monkeypatch):
 
     monkeypatch.setattr(Generator, "decode", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        inference.run_test(job)
+        generation.run_test(job)
     first = {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("*.png")}
     assert len(first) == 4  # the first batch was written, nothing half-written
     assert not json.loads((job.out_dir / "manifest.json").read_text())["complete"]
     assert not [p for p in job.out_dir.iterdir() if ".tmp" in p.name]
 
     monkeypatch.setattr(Generator, "decode", real)
-    manifest = inference.run_test(job)
+    manifest = generation.run_test(job)
     assert manifest["skipped"] == 4 and manifest["generated"] == len(manifest["pairs"]) - 4
     assert {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("*.png") if p.name in first} == first
     # a removed strip is regenerated on the next run, nothing else
     strip = next(job.strips_dir.glob("*.png"))
     strip.unlink()
-    manifest = inference.run_test(job)
+    manifest = generation.run_test(job)
     assert manifest["generated"] == 1 and strip.is_file()
 
 
@@ -133,7 +135,7 @@ def test_other_checkpoint_replaces_old_pictures(reference, tiny_prepared, checkp
 
     job = _job(tiny_prepared, tmp_path, checkpoints["other"])
     shutil.copytree(reference[0].out_dir, job.out_dir)  # a finished run of the first checkpoint
-    manifest = inference.run_test(job)
+    manifest = generation.run_test(job)
     assert manifest["skipped"] == 0 and manifest["generated"] == len(manifest["pairs"])
     for path in job.out_dir.glob("*.png"):
         assert not np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(reference[0].out_dir / path.name)))
@@ -147,20 +149,20 @@ def test_upstream_state_dict_is_converted_on_the_fly(reference, tiny_prepared, c
     assert loaded.config == GeneratorConfig(**{**checkpoints["model"], "vgg_weights": "torchvision"})
     job = dataclasses.replace(_job(tiny_prepared, tmp_path, checkpoints["upstream"], strips=0, limit=4),
                               model=checkpoints["model"])
-    assert inference.run_test(job)["checkpoint_source"] == "upstream"
+    assert generation.run_test(job)["checkpoint_source"] == "upstream"
     _same_pictures(reference[0].out_dir, job.out_dir)
 
 
 def test_limit_and_config_checks(job):
     limited = dataclasses.replace(job, config=dataclasses.replace(job.config, limit=2, strips=-1))
-    manifest = inference.run_test(limited)
+    manifest = generation.run_test(limited)
     assert len(manifest["pairs"]) == 2 and len(list(job.strips_dir.glob("*.png"))) == 2
     with pytest.raises(ConfigError, match="amp"):
-        inference.GenerationConfig(amp="fp8")
+        generation.GenerationConfig(amp="fp8")
     with pytest.raises(ConfigError, match="image_size"):
-        inference.run_test(dataclasses.replace(job, image_size=(128, 88)))
-    assert inference.strip_indices(10, 3) == {0, 4, 9} or len(inference.strip_indices(10, 3)) == 3
-    assert inference.output_name("a_1front.jpg", "b_2back.jpg") == "a_1front___b_2back.png"
+        generation.run_test(dataclasses.replace(job, image_size=(128, 88)))
+    assert generation.strip_indices(10, 3) == {0, 4, 9} or len(generation.strip_indices(10, 3)) == 3
+    assert output_name("a_1front.jpg", "b_2back.jpg") == "a_1front___b_2back.png"
 
 
 def test_repository_params_build_the_test_job():
@@ -169,7 +171,7 @@ def test_repository_params_build_the_test_job():
     from casd.config import load_params
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    job = inference.GenerationJob.from_params(params)
+    job = generation.GenerationJob.from_params(params)
     assert job.config.checkpoint and job.image_size == tuple(params["data"]["image_size"])
     assert job.out_dir == Path("data/generated") and job.strips_dir == Path("data/strips")
 
@@ -184,7 +186,7 @@ def test_changed_test_inputs_or_pair_list_are_not_reused(reference, tiny_prepare
     shutil.copytree(reference[0].out_dir, job.out_dir)
     shutil.copytree(reference[0].parsing_dir, job.parsing_dir)
     shutil.copytree(reference[0].strips_dir, job.strips_dir)
-    manifest = inference.run_test(job)  # same checkpoint and inputs: nothing to do but drop unlisted pairs
+    manifest = generation.run_test(job)  # same checkpoint and inputs: nothing to do but drop unlisted pairs
     assert manifest["generated"] == 0 and manifest["skipped"] == 4
     assert sorted(p.name for p in job.out_dir.glob("*.png")) == sorted(f for _, _, f in manifest["pairs"])
     assert sorted(p.name for p in job.parsing_dir.glob("*.png")) == sorted(f for _, _, f in manifest["pairs"])
@@ -192,14 +194,14 @@ def test_changed_test_inputs_or_pair_list_are_not_reused(reference, tiny_prepare
     target = data / "resized" / "test" / manifest["pairs"][0][1]
     image = np.asarray(Image.open(target)).copy()
     Image.fromarray(255 - image).save(target, format="JPEG")  # e.g. the resize stage ran with other settings
-    manifest = inference.run_test(job)
+    manifest = generation.run_test(job)
     assert manifest["generated"] == 4 and manifest["skipped"] == 0
 
 
 def test_autocast_path_runs_and_stays_close(reference, tiny_prepared, checkpoints, tmp_path):
     """test.amp (fp16 on CUDA by default) goes through torch.autocast; on CPU bf16 exercises the same path."""
     job = _job(tiny_prepared, tmp_path, checkpoints["casd"], amp="bf16", limit=3, strips=0)
-    manifest = inference.run_test(job)
+    manifest = generation.run_test(job)
     assert manifest["amp"] == "bfloat16"
     assert manifest["fingerprint"] != reference[1]["fingerprint"]  # other precision, other pictures
     for path in job.out_dir.glob("*.png"):
@@ -213,7 +215,7 @@ def test_predicted_parsing_is_the_argmax_of_the_averaged_attention():
     a[:, 1, :, :2], a[:, 2, :, 2:] = 3.0, 3.0  # block a: region 1 on the left, 2 on the right
     b = torch.zeros(1, 8, 2, 4)
     b[:, 5] = 1.0                             # block b: a weaker vote for region 5 everywhere
-    regions = inference.predicted_parsing([a, b], (4, 8))
+    regions = predicted_parsing([a, b], (4, 8))
     assert regions.dtype == torch.uint8 and regions.shape == (1, 4, 8)
     assert (regions[0, :, :3] == 1).all() and (regions[0, :, 5:] == 2).all()
-    assert (inference.predicted_parsing([b, b], (4, 8)) == 5).all()
+    assert (predicted_parsing([b, b], (4, 8)) == 5).all()
