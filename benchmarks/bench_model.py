@@ -36,7 +36,7 @@ from pathlib import Path
 def _build(kind: str, args):
     import torch
 
-    from casd.models import Generator, GeneratorConfig
+    from casd.models.generator import Generator, GeneratorConfig
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)

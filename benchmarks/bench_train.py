@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from casd.config import load_params
-    from casd.train import Outputs, Trainer, TrainJob
+    from casd.train.job import Outputs, TrainJob
+    from casd.train.loop import Trainer
 
     warnings.filterwarnings("ignore")
     params = load_params(args.params)

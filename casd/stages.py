@@ -66,7 +66,8 @@ def segment(params: Params) -> dict[str, int]:
 
 def train(params: Params) -> dict:
     """Train the generator (checkpoints/, models/generator.pt, metrics/, MLflow)."""
-    from casd.train import TrainJob, train as run_training
+    from casd.train.job import TrainJob
+    from casd.train.loop import train as run_training
 
     return run_training(TrainJob.from_params(params.values, params.path))
 

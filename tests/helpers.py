@@ -26,7 +26,7 @@ from PIL import Image
 
 from casd.data.tables import write_pairs
 from casd.losses import LossConfig
-from casd.models import Generator, GeneratorConfig
+from casd.models.generator import Generator, GeneratorConfig
 
 SIZE = [32, 24]
 

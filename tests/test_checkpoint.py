@@ -12,7 +12,7 @@ from casd.checkpoints import (CheckpointMismatch, convert_upstream_state_dict, e
                              load_checkpoint, load_upstream_generator, save_checkpoint, upstream_names,
                              upstream_unused)
 from casd.errors import DataError
-from casd.models import Generator, GeneratorConfig
+from casd.models.generator import Generator, GeneratorConfig
 from upstream_rules import reference_shapes, rule_inputs
 
 

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from casd.checkpoints import load_checkpoint, load_upstream_generator
 from casd.errors import ConfigError, WeightsError
-from casd.models import Discriminator, GeneratorConfig, VGG19Features
+from casd.models.discriminator import Discriminator
+from casd.models.generator import GeneratorConfig
+from casd.models.vgg import VGG19Features
 from casd.models.generator import adaptive_instance_norm, attention_modulated_norm, upsample_conv5
 from casd.checkpoints import upstream_names
 from helpers import tiny_generator

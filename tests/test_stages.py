@@ -15,7 +15,8 @@ from casd import stages
 from casd.cli import COMMANDS, main as casd_main
 from casd.config import Params, load_params
 from casd.errors import ConfigError
-from casd.train import Outputs, Trainer, TrainJob
+from casd.train.job import Outputs, TrainJob
+from casd.train.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

@@ -17,7 +17,8 @@ import pytest
 
 from casd.losses import Objective
 from casd.tracking import EXPERIMENT_KIND_TAG, Tracker, TrackingConfig, TrackingUnavailable, open_run_from_file
-from casd.train import NonFiniteLossError, Outputs, TrainJob, train
+from casd.train.job import Outputs, TrainJob
+from casd.train.loop import NonFiniteLossError, train
 from helpers import SIZE, tiny_params, write_prepared
 
 

@@ -17,8 +17,9 @@ import yaml
 from casd.checkpoints import load_checkpoint, save_checkpoint
 from casd.errors import CasdError, ConfigError, user_error_message
 from casd.losses import Objective
-from casd.models import Generator, GeneratorConfig
-from casd.train import NonFiniteLossError, Outputs, Trainer, TrainJob, lr_factor, train
+from casd.models.generator import Generator, GeneratorConfig
+from casd.train.job import Outputs, TrainJob, lr_factor
+from casd.train.loop import NonFiniteLossError, Trainer, train
 from casd.train.loop import ChunkedGenerator, Networks
 from helpers import SIZE, free_port, tiny_params, write_prepared
 

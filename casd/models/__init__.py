@@ -1,7 +1,5 @@
-"""CASD networks: the generator (style encoder, pose encoder, decoder), discriminators, frozen VGG."""
+"""CASD networks: the generator (style encoder, pose encoder, decoder; :mod:`casd.models.generator`), the
+discriminators (:mod:`casd.models.discriminator`), the frozen VGG19 (:mod:`casd.models.vgg`).
 
-from casd.models.discriminator import Discriminator
-from casd.models.generator import Generator, GeneratorConfig
-from casd.models.vgg import VGG19Features
-
-__all__ = ["Discriminator", "Generator", "GeneratorConfig", "VGG19Features"]
+Import from the modules themselves: this package file imports nothing, so that no import runs in a circle.
+"""

@@ -11,7 +11,7 @@ from casd.errors import ConfigError
 from casd.data.config import DataConfig
 from casd.data.pose import PoseConfig
 from casd.losses import LossConfig
-from casd.models import GeneratorConfig
+from casd.models.generator import GeneratorConfig
 from casd.tracking import RUN_FILE, TrackingConfig
 
 AMP_MODES = ("none", "bf16", "fp16")

@@ -25,7 +25,8 @@ from casd.data.layout import PREPARED, PreparedLayout
 from casd.errors import CasdError, ConfigError
 from casd.fileio import remove_temp_files, write_json, write_text
 from casd.losses import DISCRIMINATOR_TERMS, TERMS, Objective, random_backbones
-from casd.models import Discriminator, Generator
+from casd.models.discriminator import Discriminator
+from casd.models.generator import Generator
 from casd.tracking import Tracker
 from casd.train import distributed, state as train_state
 from casd.train.job import ConstantThenLinear, Outputs, TrainJob
