@@ -103,7 +103,7 @@ def _test(args: argparse.Namespace) -> None:
 
 
 def _evaluate_parser() -> argparse.ArgumentParser:
-    from casd.evaluation.evaluate import DEFAULT_PATTERNS, LPIPS_TRUNKS, RESIZE_FILTERS, EvaluatePaths
+    from casd.evaluation.evaluate import DEFAULT_PATTERNS, LPIPS_TRUNKS, SCORING_FILTERS, EvaluatePaths
 
     parser = argparse.ArgumentParser(
         prog="casd evaluate", description="Score generated pictures under the field's protocol.",
@@ -134,7 +134,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                                         "(default: 6/7 for upstream's _vis.jpg strips, whole picture otherwise)")
     protocol = parser.add_argument_group("protocol (default: the params file's evaluate section)")
     protocol.add_argument("--image-size", help="HxW scored at, e.g. 256x176 (default: the ground truth's size)")
-    protocol.add_argument("--resize-filter", choices=list(RESIZE_FILTERS), help="PIL filter (default bicubic)")
+    protocol.add_argument("--resize-filter", choices=list(SCORING_FILTERS), help="PIL filter (default bicubic)")
     protocol.add_argument("--fid-reference", choices=["train", "test"], help="FID reference set (default train)")
     protocol.add_argument("--reference-format", choices=["any", "jpg", "png"], help="FID reference files (any)")
     protocol.add_argument("--ssim-data-range", choices=["generated", "fixed"], help="ssim's range (generated)")

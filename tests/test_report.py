@@ -43,7 +43,7 @@ def random_networks():
     for m in inception.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    return evaluate.Networks(lpips=lp, inception=inception, inception_id="random-test")
+    return evaluate.MetricNetworks(lpips=lp, inception=inception, inception_id="random-test")
 
 
 def _config(**kw):

@@ -39,7 +39,7 @@ PER_PAIR = ("ssim", "ssim_fixed_range", "psnr", "lpips", "colour_error", "patter
 IMAGE_METRICS = ("ssim", "ssim_fixed_range", "psnr", "lpips", "fid")
 COLOUR_REGIONS = ("pants", "hair", "face", "upper_clothes", "arms", "legs")
 PATTERN_REGIONS = ("upper_clothes", "pants")   # the garments, where DeepFashion (and the synthetic set) has patterns
-RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+SCORING_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                   "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
                   "hamming": Image.Resampling.HAMMING, "nearest": Image.Resampling.NEAREST}
 LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16"}
@@ -87,7 +87,7 @@ class EvaluateConfig:
             if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
                 raise ConfigError(f"{where}: image_size must be null or [H, W] positive integers, got {size!r}")
             self.image_size = size
-        choices = {"resize_filter": RESIZE_FILTERS, "fid_reference": ("train", "test"),
+        choices = {"resize_filter": SCORING_FILTERS, "fid_reference": ("train", "test"),
                    "reference_format": ("any", "jpg", "png"), "ssim_data_range": ("generated", "fixed"),
                    "lpips_net": LPIPS_TRUNKS}
         for name, allowed in choices.items():
@@ -142,7 +142,7 @@ class Pair:
 
 
 @dataclass
-class Networks:
+class MetricNetworks:
     """The pretrained networks of the metrics, or why each is missing."""
 
     lpips: torch.nn.Module | None = None
@@ -176,9 +176,9 @@ class Evaluation:
 # --------------------------------------------------------------------------- networks
 
 
-def load_networks(config: EvaluateConfig, device: torch.device) -> Networks:
+def load_networks(config: EvaluateConfig, device: torch.device) -> MetricNetworks:
     """Build the LPIPS and Inception networks the config asks for; a missing file becomes a skip reason."""
-    nets = Networks()
+    nets = MetricNetworks()
     explicit = lambda value: None if value in ("auto", "torchvision") else value  # noqa: E731
     if "lpips" in config.metrics:
         try:
@@ -349,7 +349,57 @@ def training_mean_colours(files: Sequence[Path], parsing_dir: Path, reader: _Rea
     return mean
 
 
-def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, nets: Networks,
+KIND_PREFIX = {"model": "", "baseline": "baseline_"}  # per-pair column names: the model's, the copy baseline's
+
+
+@dataclass
+class _Plan:
+    """Which inputs one evaluation reads per batch, decided once before the loop."""
+
+    kinds: list[str]                        # "model", and "baseline" (the source copied) when asked for
+    training_mean: np.ndarray | None        # the colour diagnostic's "ignores the source" reference
+    pattern: bool
+    truth_parsing: bool
+    predicted_parsing: bool
+
+    @property
+    def regions(self) -> bool:
+        return self.training_mean is not None or self.pattern or self.truth_parsing
+
+
+@dataclass
+class _Tally:
+    """Per-batch results, gathered over the loop."""
+
+    columns: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per-pair scores
+    colour: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    pattern: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)      # kind -> region confusion matrix
+    fid: dict[str, metrics.GaussianStats] = field(default_factory=dict)  # kind -> Inception statistics
+
+    @staticmethod
+    def add(store: dict[str, list[np.ndarray]], values: Mapping[str, np.ndarray], prefix: str = "") -> None:
+        for name, value in values.items():
+            store.setdefault(prefix + name, []).append(value)
+
+    @staticmethod
+    def joined(store: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(parts) for name, parts in store.items()}
+
+
+def _skipped_metrics(config: EvaluateConfig, nets: MetricNetworks) -> dict[str, str]:
+    """{metric: why it is not computed} for what the config leaves out or the networks cannot give."""
+    wanted = set(config.metrics)
+    skipped = {name: "not in evaluate.metrics" for name in METRICS if name not in wanted}
+    skipped.update({k: v for k, v in nets.skipped.items() if k in wanted})
+    if "lpips" in wanted and nets.lpips is None:
+        skipped.setdefault("lpips", "no LPIPS network")
+    if "fid" in wanted and nets.inception is None:
+        skipped.setdefault("fid", "no Inception network")
+    return skipped
+
+
+def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, nets: MetricNetworks,
           device: torch.device) -> Evaluation:
     """Score every pair ``config.batch_size`` at a time under the config's protocol."""
     from tqdm import tqdm
@@ -358,73 +408,27 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
     if not pairs:
         raise DataError(paths.generated, "no pairs to score")
     size = config.image_size or read_image(paths.test_images / pairs[0].target).shape[:2]
-    reader = _Reader(tuple(size), RESIZE_FILTERS[config.resize_filter])
+    reader = _Reader(tuple(size), SCORING_FILTERS[config.resize_filter])
     wanted = set(config.metrics)
-    skipped = {name: "not in evaluate.metrics" for name in METRICS if name not in wanted}
-    skipped.update({k: v for k, v in nets.skipped.items() if k in wanted})
-    if "lpips" in wanted and nets.lpips is None:
-        skipped.setdefault("lpips", "no LPIPS network")
-    if "fid" in wanted and nets.inception is None:
-        skipped.setdefault("fid", "no Inception network")
+    skipped = _skipped_metrics(config, nets)
     reference = paths.train_images if config.fid_reference == "train" else paths.test_images
     reference_files = _files(reference, config.reference_format)
-
-    training_mean = _training_mean_or_skip(pairs, paths, config, reader, skipped) if "colour" in wanted else None
-    pattern_ok = "pattern" in wanted and _pairs_parsing_or_skip(pairs, paths, "pattern", skipped)
-    truth_parsing_ok, predicted_ok = _parsing_inputs(pairs, paths, skipped) if "parsing" in wanted else (False, False)
-    kinds = ["model", "baseline"] if config.baseline else ["model"]
-    fid_stats = {kind: metrics.GaussianStats(metrics.FID_DIMS) for kind in kinds} \
-        if nets.inception is not None and "fid" not in skipped else {}
-    columns: dict[str, list[np.ndarray]] = {}
-    colour: dict[str, list[np.ndarray]] = {}
-    pattern: dict[str, list[np.ndarray]] = {}
-    confusion = {kind: np.zeros((NUM_REGIONS, NUM_REGIONS), np.int64) for kind in kinds}
+    truth_parsing, predicted = _parsing_inputs(pairs, paths, skipped) if "parsing" in wanted else (False, False)
+    plan = _Plan(kinds=["model", "baseline"] if config.baseline else ["model"],
+                 training_mean=_training_mean_or_skip(pairs, paths, config, reader, skipped)
+                 if "colour" in wanted else None,
+                 pattern="pattern" in wanted and _pairs_parsing_or_skip(pairs, paths, "pattern", skipped),
+                 truth_parsing=truth_parsing, predicted_parsing=predicted)
+    tally = _Tally(confusion={kind: np.zeros((NUM_REGIONS, NUM_REGIONS), np.int64) for kind in plan.kinds})
+    if nets.inception is not None and "fid" not in skipped:
+        tally.fid = {kind: metrics.GaussianStats(metrics.FID_DIMS) for kind in plan.kinds}
     n = len(pairs)
     for start in tqdm(range(0, n, config.batch_size), desc="evaluate", unit="batch",
                       total=math.ceil(n / config.batch_size), disable=n <= config.batch_size):
-        chunk = pairs[start:start + config.batch_size]
-        generated = metrics.read_rgb_batch([(paths.generated / p.file, p.panel) for p in chunk], config.threads,
-                                           lambda job: reader.image(*job))
-        truth = metrics.read_rgb_batch([paths.test_images / p.target for p in chunk], config.threads, reader.image)
-        source = metrics.read_rgb_batch([paths.test_images / p.source for p in chunk], config.threads, reader.image)
-        outputs = {"model": generated, "baseline": source} if config.baseline else {"model": generated}
-        for kind, images in outputs.items():
-            prefix = "" if kind == "model" else "baseline_"
-            for name, values in _image_scores(images, truth, config, nets, device).items():
-                columns.setdefault(prefix + name, []).append(values)
-            if kind in fid_stats:
-                fid_stats[kind].update(metrics.inception_features(nets.inception, images))
-        if training_mean is not None or pattern_ok or truth_parsing_ok:
-            target_regions = np.stack([reader.regions(paths.truth_parsing(p.target)) for p in chunk])
-            source_regions = np.stack([reader.regions(paths.truth_parsing(p.source)) for p in chunk])
-        if training_mean is not None:
-            errors = metrics.colour_errors(generated, truth, target_regions, source, source_regions, training_mean)
-            for name, values in errors.items():
-                colour.setdefault(name, []).append(values)
-        if pattern_ok:
-            errors = metrics.pattern_errors(generated, truth, target_regions, source, source_regions,
-                                            _region_ids(PATTERN_REGIONS), config.pattern_min_strength)
-            for name, values in errors.items():
-                pattern.setdefault(name, []).append(values)
-        if truth_parsing_ok:
-            truth_size = read_regions(paths.truth_parsing(chunk[0].target)).shape
-            truth_maps = np.stack([read_regions(paths.truth_parsing(p.target), truth_size)
-                                   for p in chunk])
-            guesses = {}
-            if predicted_ok:
-                guesses["model"] = np.stack([read_regions(paths.predicted(p), truth_size, nearest_resize=True)
-                                             for p in chunk])
-            if config.baseline:
-                guesses["baseline"] = np.stack([read_regions(paths.truth_parsing(p.source), truth_size,
-                                                             nearest_resize=True) for p in chunk])
-            for kind, maps in guesses.items():
-                prefix = "" if kind == "model" else "baseline_"
-                confusion[kind] += metrics.confusion_matrix(maps, truth_maps, NUM_REGIONS)
-                columns.setdefault(prefix + "parsing_pixel_accuracy", []).append(
-                    (maps == truth_maps).reshape(len(chunk), -1).mean(1))
-    per_pair = {name: np.concatenate(parts) for name, parts in columns.items()}
-    colour_errors = {name: np.concatenate(parts) for name, parts in colour.items()}
-    pattern_errors = {name: np.concatenate(parts) for name, parts in pattern.items()}
+        _score_batch(pairs[start:start + config.batch_size], paths, config, nets, device, reader, plan, tally)
+
+    per_pair = tally.joined(tally.columns)
+    colour_errors, pattern_errors = tally.joined(tally.colour), tally.joined(tally.pattern)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a pair with no defined region: NaN, as it should
         if colour_errors:
@@ -433,23 +437,16 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
             per_pair["pattern_error"] = np.nanmean(pattern_errors["model"][:, _region_ids(PATTERN_REGIONS)], axis=1)
 
     numbers: dict[str, Any] = {"pairs": n}
-    for kind in kinds:
-        prefix = "" if kind == "model" else "baseline_"
+    for kind in plan.kinds:
         target = numbers if kind == "model" else numbers.setdefault("baseline", {})
         for name in IMAGE_METRICS:
-            target[name] = _mean(per_pair[prefix + name]) if prefix + name in per_pair else None
-    if fid_stats:
-        if n < 2:
-            skipped["fid"] = f"FID needs at least 2 generated pictures, got {n}"
-        elif len(reference_files) < 2:
-            skipped["fid"] = f"FID needs reference images; found {len(reference_files)} in {reference}"
-        else:
-            real = metrics.cached_statistics(nets.inception, reference_files,
-                                             paths.fid_cache if config.fid_cache else None,
-                                             f"{nets.inception_id}-{reader.size}-{config.resize_filter}",
-                                             config.batch_size, reader.image)
-            for kind, stats in fid_stats.items():
-                (numbers if kind == "model" else numbers["baseline"])["fid"] = metrics.fid_from_stats(real[:2], stats)
+            column = KIND_PREFIX[kind] + name
+            target[name] = _mean(per_pair[column]) if column in per_pair else None
+        has = tally.confusion[kind].sum() > 0
+        result = metrics.parsing_scores(tally.confusion[kind]) if has else {"pixel_accuracy": None, "miou": None}
+        target["parsing_pixel_accuracy"], target["parsing_miou"] = result["pixel_accuracy"], result["miou"]
+    if tally.fid:
+        _fid_numbers(numbers, tally.fid, nets, paths, config, reader, reference, reference_files, skipped)
     numbers.update(_transfer_numbers("colour", colour_errors, metrics.colour_gap, COLOUR_REGIONS))
     numbers.update(_transfer_numbers("pattern", pattern_errors, metrics.pattern_gap, PATTERN_REGIONS))
     if pattern_errors:
@@ -458,16 +455,66 @@ def score(pairs: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, n
         if not counted.any():
             skipped["pattern"] = (f"no pair's source has a patterned {' or '.join(PATTERN_REGIONS)} (statistics "
                                   f"below evaluate.pattern_min_strength {config.pattern_min_strength})")
-    for kind in kinds:
-        target = numbers if kind == "model" else numbers["baseline"]
-        has = confusion[kind].sum() > 0
-        result = metrics.parsing_scores(confusion[kind]) if has else {"pixel_accuracy": None, "miou": None}
-        target["parsing_pixel_accuracy"], target["parsing_miou"] = result["pixel_accuracy"], result["miou"]
     protocol = describe_protocol(config, reader.size, reference, len(reference_files))
     return Evaluation(pairs, numbers, per_pair, protocol, skipped, reader)
 
 
-def _image_scores(images: np.ndarray, truth: np.ndarray, config: EvaluateConfig, nets: Networks,
+def _score_batch(chunk: Sequence[Pair], paths: EvaluatePaths, config: EvaluateConfig, nets: MetricNetworks,
+                 device: torch.device, reader: "_Reader", plan: _Plan, tally: _Tally) -> None:
+    """Read one batch of pairs and add its scores to ``tally``."""
+    generated = metrics.read_rgb_batch([(paths.generated / p.file, p.panel) for p in chunk], config.threads,
+                                       lambda job: reader.image(*job))
+    truth = metrics.read_rgb_batch([paths.test_images / p.target for p in chunk], config.threads, reader.image)
+    source = metrics.read_rgb_batch([paths.test_images / p.source for p in chunk], config.threads, reader.image)
+    outputs = {"model": generated, "baseline": source}
+    for kind in plan.kinds:
+        tally.add(tally.columns, _image_scores(outputs[kind], truth, config, nets, device), KIND_PREFIX[kind])
+        if kind in tally.fid:
+            tally.fid[kind].update(metrics.inception_features(nets.inception, outputs[kind]))
+    if plan.regions:
+        target_regions = np.stack([reader.regions(paths.truth_parsing(p.target)) for p in chunk])
+        source_regions = np.stack([reader.regions(paths.truth_parsing(p.source)) for p in chunk])
+    if plan.training_mean is not None:
+        tally.add(tally.colour, metrics.colour_errors(generated, truth, target_regions, source, source_regions,
+                                                      plan.training_mean))
+    if plan.pattern:
+        tally.add(tally.pattern, metrics.pattern_errors(generated, truth, target_regions, source, source_regions,
+                                                        _region_ids(PATTERN_REGIONS), config.pattern_min_strength))
+    if plan.truth_parsing:
+        truth_size = read_regions(paths.truth_parsing(chunk[0].target)).shape
+        truth_maps = np.stack([read_regions(paths.truth_parsing(p.target), truth_size) for p in chunk])
+        guesses = {}
+        if plan.predicted_parsing:
+            guesses["model"] = np.stack([read_regions(paths.predicted(p), truth_size, nearest_resize=True)
+                                         for p in chunk])
+        if "baseline" in plan.kinds:
+            guesses["baseline"] = np.stack([read_regions(paths.truth_parsing(p.source), truth_size,
+                                                         nearest_resize=True) for p in chunk])
+        for kind, maps in guesses.items():
+            tally.confusion[kind] += metrics.confusion_matrix(maps, truth_maps, NUM_REGIONS)
+            tally.add(tally.columns, {"parsing_pixel_accuracy": (maps == truth_maps).reshape(len(chunk), -1).mean(1)},
+                      KIND_PREFIX[kind])
+
+
+def _fid_numbers(numbers: dict[str, Any], fid: Mapping[str, metrics.GaussianStats], nets: MetricNetworks,
+                 paths: EvaluatePaths, config: EvaluateConfig, reader: "_Reader", reference: Path,
+                 reference_files: Sequence[Path], skipped: dict[str, str]) -> None:
+    """FID of each kind's pictures against the reference set's statistics (cached), into ``numbers``."""
+    n = numbers["pairs"]
+    if n < 2:
+        skipped["fid"] = f"FID needs at least 2 generated pictures, got {n}"
+    elif len(reference_files) < 2:
+        skipped["fid"] = f"FID needs reference images; found {len(reference_files)} in {reference}"
+    else:
+        real = metrics.cached_statistics(nets.inception, reference_files,
+                                         paths.fid_cache if config.fid_cache else None,
+                                         f"{nets.inception_id}-{reader.size}-{config.resize_filter}",
+                                         config.batch_size, reader.image)
+        for kind, stats in fid.items():
+            (numbers if kind == "model" else numbers["baseline"])["fid"] = metrics.fid_from_stats(real[:2], stats)
+
+
+def _image_scores(images: np.ndarray, truth: np.ndarray, config: EvaluateConfig, nets: MetricNetworks,
                   device: torch.device) -> dict[str, np.ndarray]:
     """SSIM (both), PSNR and LPIPS of uint8 ``[B, H, W, 3]`` pictures against the truth -> float64 ``[B]`` each."""
     wanted, scores = set(config.metrics), {}
@@ -639,7 +686,7 @@ def _say(evaluation: Evaluation, written: Sequence[Path]) -> None:
     print(f"evaluate: {n['pairs']} pairs  {shown}  -> {', '.join(map(str, written))}", flush=True)
 
 
-def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, networks: Networks | None = None,
+def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, networks: MetricNetworks | None = None,
              params: Mapping[str, Any] | None = None, report: bool = True, track: bool = True) -> Evaluation:
     """The evaluate stage: score the test stage's pictures, write the numbers, CSV, report, log to MLflow.
 
@@ -687,7 +734,7 @@ def evaluate(config: EvaluateConfig, paths: EvaluatePaths | None = None, *, netw
 
 def evaluate_folder(generated: str | Path, config: EvaluateConfig, paths: EvaluatePaths, out: str | Path, *,
                     pairs_csv: str | Path | None = None, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                    panel: tuple[int, int] | None = None, networks: Networks | None = None,
+                    panel: tuple[int, int] | None = None, networks: MetricNetworks | None = None,
                     report: str | Path | None = None) -> Evaluation:
     """Score any folder of generated pictures; ``out``: JSON of the numbers, the protocol and skip reasons."""
     paths = dataclasses.replace(paths, generated=Path(generated))
