@@ -98,6 +98,7 @@ class VGGFeatureBank(nn.Module):
         super().__init__()
         purpose = "loss.cx_vgg_weights" if layout == "upstream" else "loss.vgg_weights"
         self.vgg = VGG19Features(last_layer, weights, load=load, purpose=purpose, layout=layout)
+        self._run = [self.vgg]  # what computes the features: the network, or its compiled form (not a submodule)
         self.layout, self.weights = layout, weights
         self.layers: dict[bool, set[str]] = {False: set(), True: set()}
         self._cache: tuple | None = None
@@ -122,11 +123,12 @@ class VGGFeatureBank(nn.Module):
             self._cache = (key, fake, target, {})
         computed = self._cache[3]
         if normalized not in computed:
-            layers = self.layers[normalized] or {"relu1_1"}
+            layers = tuple(sorted(self.layers[normalized] or {"relu1_1"}))
             prepare = imagenet_normalize if normalized else (lambda x: x)
-            fake_features = self.vgg(prepare(fake), layers)
+            vgg = self._run[0]
+            fake_features = vgg(prepare(fake), layers)
             with torch.no_grad():
-                target_features = self.vgg(prepare(target), layers)
+                target_features = vgg(prepare(target), layers)
             computed[normalized] = (fake_features, target_features)
         return computed[normalized]
 
@@ -263,6 +265,7 @@ class LPIPSLoss(nn.Module):
             self._load(weights)
         self.net.requires_grad_(False)
         self.net.eval()
+        self._run = [self.net]  # the network, or its compiled form (not a submodule)
 
     def _load(self, spec: str) -> None:
         from casd import weights as registry
@@ -283,7 +286,7 @@ class LPIPSLoss(nn.Module):
         return super().train(False)  # frozen metric network: dropout in its linear layers stays off
 
     def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.net(fake, target).float().mean()
+        return self._run[0](fake, target).float().mean()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,6 +360,15 @@ class Objective(nn.Module):
         self.terms = build_losses(loss_config, load_weights=load_weights)  # {term: module}, non-zero weights only
         for name, module in self.terms.items():
             self.add_module(f"term_{name}", module)
+
+    def compile_networks(self, wrap) -> None:
+        """Replace each frozen loss network (the VGG19 feature banks, LPIPS) by ``wrap(network, name)``."""
+        banks = {id(m): m for m in self.terms.values() if isinstance(getattr(m, "bank", None), VGGFeatureBank)
+                 for m in [m.bank]}
+        for bank in banks.values():
+            bank._run[0] = wrap(bank.vgg, f"loss VGG19 ({bank.layout})")
+        if "lpips" in self.terms:
+            self.terms["lpips"]._run[0] = wrap(self.terms["lpips"].net, "LPIPS")
 
     @property
     def cx_backbone(self) -> str | None:

@@ -328,3 +328,64 @@ def test_norm_batch_chunks_train_and_must_divide_the_batch(data_root, tmp_path):
     assert summary["steps"] == 1
     with pytest.raises(ConfigError, match="norm_batch_chunks"):
         Trainer(TrainJob.from_params(tiny_params(norm_batch_chunks=3)), data_root, Outputs.under(tmp_path / "bad"))
+
+
+def test_channels_last_and_foreach_adam_train(data_root, tmp_path):
+    params = tiny_params(epochs_constant=1, epochs_decay=0, pairs_per_epoch=4, channels_last=True, adam="foreach",
+                         checkpoint_every_steps=0)
+    params["loss"].update(perceptual=0, content=0, style=0)
+    summary = train(TrainJob.from_params(params), data_root, Outputs.under(tmp_path))
+    assert summary["steps"] == 1
+    assert all(map(torch.isfinite, map(torch.tensor, summary["loss"].values())))
+
+
+def test_compile_trains_or_falls_back_to_eager(data_root, tmp_path):
+    """train.compile: a few steps with finite losses (compiled where the compiler works, eager otherwise)."""
+    params = tiny_params(epochs_constant=1, epochs_decay=0, pairs_per_epoch=8, compile=True, deterministic=False,
+                         checkpoint_every_steps=0)
+    params["loss"].update(perceptual=0, content=0, style=0)
+    summary = train(TrainJob.from_params(params), data_root, Outputs.under(tmp_path))
+    assert summary["steps"] == 2
+    assert all(map(torch.isfinite, map(torch.tensor, summary["loss"].values())))
+
+
+def test_compile_failure_runs_eager():
+    from casd.train.loop import CompiledOrEager
+
+    net = torch.nn.Linear(3, 2)
+    wrapped = CompiledOrEager(net, "linear")
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no compiler")
+
+    wrapped.compiled = Broken()
+    x = torch.ones(1, 3)
+    with pytest.warns(UserWarning, match="compiling linear failed"):
+        out = wrapped(x)
+    torch.testing.assert_close(out, net(x))
+    assert wrapped.failed.startswith("RuntimeError")
+    torch.testing.assert_close(wrapped(x), net(x))
+
+
+def test_accumulation_2x4_gives_the_gradients_of_one_batch_of_8(data_root, tmp_path):
+    """accumulate 2 (micro-batches of 4) vs one batch of 8 in norm chunks of 4: the same norm statistics and
+    losses (CX, whose centring spans a micro-batch, is off in the tiny params), so the same gradients."""
+    grads = {}
+    for name, overrides in (("whole", {"norm_batch_chunks": 2}), ("accumulated", {"accumulate": 2})):
+        params = tiny_params(batch_size=8, pairs_per_epoch=8, **overrides)
+        trainer = Trainer(TrainJob.from_params(params), data_root, Outputs.under(tmp_path / name))
+        trainer.nets.train()
+        trainer.sampler.set_epoch(0)
+        batch = trainer.to_device(next(iter(trainer.loader)))
+        for optimizer in trainer.optimizers.values():  # keep the weights: compare the gradients alone
+            optimizer.step = lambda *a, **k: None
+        trainer.train_step(batch)
+        grads[name] = {k: p.grad.clone() for k, p in trainer.nets.named_parameters() if p.grad is not None}
+    assert grads["whole"].keys() == grads["accumulated"].keys() and grads["whole"]
+    for k in grads["whole"]:
+        torch.testing.assert_close(grads["accumulated"][k], grads["whole"][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_accumulate_must_divide_the_batch(data_root, tmp_path):
+    with pytest.raises(ConfigError, match="accumulate"):
+        Trainer(TrainJob.from_params(tiny_params(accumulate=3)), data_root, Outputs.under(tmp_path))

@@ -172,6 +172,18 @@ class PairBatch:
             moved[name] = value
         return PairBatch(**moved)
 
+    def split(self, parts: int) -> list["PairBatch"]:
+        """``parts`` consecutive micro-batches of equal size (the batch size must divide)."""
+        n = self.source.shape[0]
+        if n % parts:
+            raise ValueError(f"a batch of {n} does not split into {parts} equal micro-batches")
+        size = n // parts
+        chunks = {name: (value.split(size) if isinstance(value, torch.Tensor)
+                         else [value[i * size:(i + 1) * size] for i in range(parts)] if isinstance(value, list)
+                         else [value] * parts)
+                  for name, value in vars(self).items()}
+        return [PairBatch(**{name: chunks[name][i] for name in chunks}) for i in range(parts)]
+
     def render_target_pose(self, image_size: Sequence[int], pose_config: PoseConfig,
                            memory_format: torch.memory_format = torch.contiguous_format) -> "PairBatch":
         """Render ``target_pose`` from ``target_keypoints`` for the whole batch, on the batch's device."""

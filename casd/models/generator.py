@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from casd.errors import ConfigError
-from casd.models.vgg import VGG19Features
+from casd.models.vgg import VGG19Features, device_constant
 
 VGG_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 VGG_TAP_CHANNELS = (64, 128, 256, 512)
@@ -406,7 +406,7 @@ def upsample_conv5(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     are recomputed directly (equal to the plain computation up to float rounding).
     """
     weight, bias = conv.weight, conv.bias
-    taps = torch.tensor(_PHASE_TAPS, dtype=weight.dtype, device=weight.device)
+    taps = device_constant(_PHASE_TAPS, weight.device, weight.dtype)
     phases = torch.einsum("ais,ocst,bjt->oabcij", taps, weight, taps).flatten(0, 2)   # [O*4, C, 3, 3]
     out = F.pixel_shuffle(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), phases, bias.repeat_interleave(4)), 2)
 

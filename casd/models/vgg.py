@@ -155,8 +155,22 @@ class VGG19Features(nn.Module):
         return out
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def device_constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``device``, made once per (values, device, dtype): a host-to-device copy
+    inside every training step would make the host wait for the device each time."""
+    key = (values, str(device), dtype)
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        with torch.inference_mode(False):  # also usable by autograd when first made under inference_mode
+            tensor = _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return tensor
+
+
 def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
     """Image in [-1, 1] [B,3,H,W] -> ImageNet-normalised input (as upstream's perceptual L1 term)."""
-    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = device_constant(IMAGENET_MEAN, image.device, image.dtype).view(1, 3, 1, 1)
+    std = device_constant(IMAGENET_STD, image.device, image.dtype).view(1, 3, 1, 1)
     return ((image + 1) / 2 - mean) / std

@@ -15,6 +15,7 @@ from casd.models.generator import GeneratorConfig
 from casd.tracking import RUN_FILE, TrackingConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
+ADAM_MODES = ("auto", "fused", "foreach", "for_loop")
 UPSTREAM_EPOCH_COUNT = 1  # upstream's --epoch_count: its lr rule counts epochs from 1
 
 
@@ -28,6 +29,7 @@ class TrainConfig:
     pairs_per_epoch: int = 4000      # random (source, target) pairs drawn per epoch, with replacement
     batch_size: int = 16             # global batch (split evenly across DDP processes)
     norm_batch_chunks: int = 1       # generator forward in this many chunks per process (norm statistics per chunk)
+    accumulate: int = 1              # micro-batches per step, gradients summed: memory of batch / accumulate
     lr: float = 1e-3
     beta1: float = 0.5
     beta2: float = 0.999
@@ -36,7 +38,8 @@ class TrainConfig:
     flip: bool = False               # random horizontal flip of a pair (images, keypoints, parsing)
     amp: str = "none"                # none | bf16 | fp16 (fp16 uses a GradScaler)
     channels_last: bool = False      # NHWC memory format (faster convolutions on recent GPUs)
-    compile: bool = False            # torch.compile the generator and discriminators
+    compile: bool = False            # torch.compile the networks and the loss networks (eager if it fails)
+    adam: str = "auto"               # Adam kernel: auto (fused on CUDA, foreach on CPU) | fused | foreach | for_loop
     device: str = "auto"             # auto (cuda if available) | cpu | cuda | cuda:N
     deterministic: bool = False      # torch.use_deterministic_algorithms: bit-exact resume
     threads: int = 0                 # torch CPU threads per process; 0 = torch's default
@@ -56,7 +59,9 @@ class TrainConfig:
                      "sample_every", "workers", "threads"):
             if int(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0")
-        for name in ("pairs_per_epoch", "batch_size", "disc_width", "norm_batch_chunks"):
+        if self.adam not in ADAM_MODES:
+            problems.append(f"adam must be one of {', '.join(ADAM_MODES)}, got {self.adam!r}")
+        for name in ("pairs_per_epoch", "batch_size", "disc_width", "norm_batch_chunks", "accumulate"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1")
         if self.epochs_constant + self.epochs_decay < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,7 @@ class Trainer:
             self.restore(*found)
         self._wrap_models()
         self.tracker = Tracker.disabled()
+        self.phase_clock = None  # benchmarks: called with each phase's name as the step passes it
 
     # ---- build
 
@@ -138,9 +140,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.dist = distributed.init_distributed(cfg.device)
         self.device = distributed.training_device(cfg.device, self.dist)
-        if cfg.batch_size % (self.dist.world_size * cfg.norm_batch_chunks):
+        if cfg.batch_size % (self.dist.world_size * cfg.accumulate * cfg.norm_batch_chunks):
             raise ConfigError(f"{self.job.params_file} [train]: batch_size {cfg.batch_size} is not divisible by the "
-                              f"{self.dist.world_size} processes x {cfg.norm_batch_chunks} norm_batch_chunks")
+                              f"{self.dist.world_size} processes x {cfg.accumulate} accumulate x "
+                              f"{cfg.norm_batch_chunks} norm_batch_chunks")
         self.batch_per_rank = cfg.batch_size // self.dist.world_size
         if cfg.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"{self.job.params_file} [train]: amp bf16 but this GPU does not support bfloat16; "
@@ -169,12 +172,15 @@ class Trainer:
     def _build_optimizers(self) -> None:
         cfg, betas = self.cfg, (self.cfg.beta1, self.cfg.beta2)
         g = self.nets.generator
-        self.optimizers = {
-            "generator": torch.optim.Adam([p for p in g.parameters() if p.requires_grad], lr=cfg.lr, betas=betas),
-        }
+        kernel = adam_kernel(cfg.adam, self.device)
+
+        def adam(params):
+            return torch.optim.Adam(params, lr=cfg.lr, betas=betas, **kernel)
+
+        self.optimizers = {"generator": adam([p for p in g.parameters() if p.requires_grad])}
         if self.job.loss.gan > 0:  # the discriminators only train (and only need optimisers) with the GAN term on
-            self.optimizers["d_pb"] = torch.optim.Adam(self.nets.d_pb.parameters(), lr=cfg.lr, betas=betas)
-            self.optimizers["d_pp"] = torch.optim.Adam(self.nets.d_pp.parameters(), lr=cfg.lr, betas=betas)
+            self.optimizers["d_pb"] = adam(self.nets.d_pb.parameters())
+            self.optimizers["d_pp"] = adam(self.nets.d_pp.parameters())
         rule = ConstantThenLinear(cfg.epochs_constant, cfg.epochs_decay)
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
@@ -195,9 +201,11 @@ class Trainer:
             self.d_pp_train = DDP(self.nets.d_pp, device_ids=ids)
         self.d_pb_frozen, self.d_pp_frozen = self.nets.d_pb, self.nets.d_pp
         if self.cfg.compile:
-            self.g_train = torch.compile(self.g_train)
-            self.d_pb_train, self.d_pp_train = torch.compile(self.d_pb_train), torch.compile(self.d_pp_train)
-            self.d_pb_frozen, self.d_pp_frozen = torch.compile(self.d_pb_frozen), torch.compile(self.d_pp_frozen)
+            self.g_train = compiled_or_eager(self.g_train, "generator")
+            self.d_pb_train, self.d_pp_train = compiled_or_eager(self.d_pb_train), compiled_or_eager(self.d_pp_train)
+            self.d_pb_frozen = compiled_or_eager(self.d_pb_frozen)
+            self.d_pp_frozen = compiled_or_eager(self.d_pp_frozen)
+            self.objective.compile_networks(compiled_or_eager)  # the frozen VGG19 / LPIPS trunks of the losses
 
     # ---- checkpoints
 
@@ -229,34 +237,60 @@ class Trainer:
         return moved.render_target_pose(self.job.image_size, self.job.pose, self.memory_format)
 
     def train_step(self, batch: PairBatch) -> tuple[dict[str, float], torch.Tensor]:
-        """One G step and one D step; returns ({term: value averaged over ranks}, generated images)."""
-        discriminators = [*self.nets.d_pb.parameters(), *self.nets.d_pp.parameters()]
-        with self._autocast():
-            fake, attention = self.g_train(batch.target_pose, batch.source, batch.source_parsing)
-            for p in discriminators:
-                p.requires_grad_(False)
-            g_terms = self.objective.generator_terms(fake, attention, batch, self.d_pb_frozen, self.d_pp_frozen)
-            for p in discriminators:
-                p.requires_grad_(True)
-            d_terms = self.objective.discriminator_terms(fake, batch, self.d_pb_train, self.d_pp_train)
-        names = list(g_terms) + list(d_terms)
-        values = distributed.average(torch.stack([t.detach() for t in (*g_terms.values(), *d_terms.values())]),
-                                     self.dist)  # a NaN on any rank reaches every rank: all stop together
+        """One G step and one D step; returns ({term: value averaged over ranks}, generated images).
+
+        The loss values are read back to the host once, after the optimiser steps (nothing inside the
+        step waits for the device); a non-finite value then stops the run before anything is saved.
+        """
+        names, values, fake = self.step(batch)
+        values = distributed.average(values, self.dist)  # a NaN on any rank reaches every rank: all stop together
         logged = dict(zip(names, values.tolist()))
         check_finite(logged, self)
+        logged["g_total"] = float(sum(logged[n] for n in names if n not in DISCRIMINATOR_TERMS))
+        return logged, fake
 
-        self.optimizers["generator"].zero_grad(set_to_none=True)
-        self.scaler.scale(sum(g_terms.values())).backward()
+    def step(self, batch: PairBatch) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The step itself, without a host sync: (term names, their values on the device, generated images).
+
+        With ``train.accumulate`` A > 1 the batch runs as A micro-batches, each forward, losses and backward
+        (gradients of loss / A, summed), then one optimiser step per network: the gradients of the whole
+        batch up to what statistics span (norm statistics and CX's centring over a micro-batch).
+        ``phase_clock`` (a callable, or None) is called after each phase with its name (benchmarks).
+        """
+        mark = self.phase_clock or (lambda name: None)
+        parts = batch.split(self.cfg.accumulate) if self.cfg.accumulate > 1 else [batch]
+        discriminators = [*self.nets.d_pb.parameters(), *self.nets.d_pp.parameters()]
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        names, total, fakes = None, None, []
+        for part in parts:
+            with self._autocast():
+                fake, attention = self.g_train(part.target_pose, part.source, part.source_parsing)
+                mark("g_forward")
+                for p in discriminators:
+                    p.requires_grad_(False)
+                g_terms = self.objective.generator_terms(fake, attention, part, self.d_pb_frozen, self.d_pp_frozen)
+                for p in discriminators:
+                    p.requires_grad_(True)
+                mark("g_losses")
+                d_terms = self.objective.discriminator_terms(fake, part, self.d_pb_train, self.d_pp_train)
+                mark("d_forward")
+            self.scaler.scale(sum(g_terms.values()) / len(parts)).backward()
+            mark("g_backward")
+            if d_terms:
+                self.scaler.scale(sum(d_terms.values()) / len(parts)).backward()
+                mark("d_backward")
+            values = torch.stack([t.detach() for t in (*g_terms.values(), *d_terms.values())])
+            total = values if total is None else total + values
+            names = list(g_terms) + list(d_terms)
+            fakes.append(fake.detach())
         self._optimizer_step("generator", self.nets.generator)
-        if d_terms:
-            self.optimizers["d_pb"].zero_grad(set_to_none=True)
-            self.optimizers["d_pp"].zero_grad(set_to_none=True)
-            self.scaler.scale(sum(d_terms.values())).backward()
+        if "d_pb" in self.optimizers:
             self._optimizer_step("d_pb", self.nets.d_pb)
             self._optimizer_step("d_pp", self.nets.d_pp)
         self.scaler.update()
-        logged["g_total"] = float(sum(logged[n] for n in g_terms))
-        return logged, fake.detach()
+        mark("optimizer")
+        return names, total / len(parts), fakes[0] if len(fakes) == 1 else torch.cat(fakes)
 
     def _optimizer_step(self, key: str, net: nn.Module) -> None:
         optimizer = self.optimizers[key]
@@ -376,6 +410,50 @@ class Trainer:
             fake, _ = g(batch.target_pose, batch.source, batch.source_parsing)
         g.train(was_training)
         return sample_grid(batch, fake, rows=len(picks))
+
+def adam_kernel(mode: str, device: torch.device) -> dict[str, bool]:
+    """``torch.optim.Adam`` keyword of ``train.adam``: one fused kernel, foreach (a few multi-tensor kernels per
+    step) or the per-parameter loop. auto: fused on CUDA, foreach elsewhere."""
+    if mode == "auto":
+        mode = "fused" if device.type == "cuda" else "foreach"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[mode]
+
+
+class CompiledOrEager(nn.Module):
+    """``torch.compile(module)``, falling back to ``module`` itself (one warning) when compiling fails.
+
+    torch.compile compiles at the first call; an error there (no C++ compiler, an unsupported operation,
+    a backend bug) would otherwise stop training. :attr:`compile_seconds` is the first call's wall time.
+    """
+
+    def __init__(self, module: nn.Module, name: str = ""):
+        super().__init__()
+        self.module = module
+        self.compiled = torch.compile(module)
+        self.name = name or type(module).__name__
+        self.failed: str | None = None
+        self.compile_seconds: float | None = None
+
+    def forward(self, *args, **kwargs):
+        if self.failed is not None:
+            return self.module(*args, **kwargs)
+        if self.compile_seconds is not None:
+            return self.compiled(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: run eager instead
+            self.failed = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            warnings.warn(f"train.compile: compiling {self.name} failed ({self.failed[:300]}); it runs eager",
+                          stacklevel=2)
+            return self.module(*args, **kwargs)
+        self.compile_seconds = time.perf_counter() - start
+        return out
+
+
+def compiled_or_eager(module: nn.Module, name: str = "") -> nn.Module:
+    return CompiledOrEager(module, name)
+
 
 def run_tags(trainer: "Trainer") -> dict[str, str]:
     """MLflow tags: where it ran, which CX backbone, and anything degraded (random networks, CPU, terms off)."""
