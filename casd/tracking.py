@@ -17,9 +17,17 @@ metrics file: ``dvc exp show`` lists it) so that ``evaluate`` logs its metrics
 to the same run (:func:`open_run_from_file`).
 
 Tracking never stops a training: an unreachable server or a failing call
-warns once and the run goes on untracked. Writes to a sqlite store are
-serialised by a lock file beside it (``mlflow.db.lock``): sqlite takes one
-writer at a time, and ``dvc queue start -j 2`` runs two trainings at once.
+warns once and the run goes on untracked. Two trainings at once (``dvc queue
+start -j 2``) share a sqlite store through sqlite's own locking; a call that
+finds the database locked is retried with backoff.
+
+A sqlite store records absolute artifact paths (MLflow resolves them when an
+experiment is created), so a store copied with its checkout (``cp -r``) still
+points at the original's ``mlruns/``. Such a store is refused, with one line
+that names the fix, rather than letting the copy write into the original's
+folders. A team shares one store through ``mlflow server`` (README:
+"One tracking server for a team"), whose ``mlflow-artifacts:`` locations the
+server resolves itself.
 
 :class:`Tracker` is a no-op when tracking is disabled, and on every rank but 0
 under DDP, so that callers never branch on it.
@@ -27,18 +35,16 @@ under DDP, so that callers never branch on it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
@@ -46,11 +52,6 @@ import numpy as np
 from casd.config import flatten
 from casd.errors import ConfigError
 from casd.fileio import write_json
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no cross-process lock; the retries below still apply
-    fcntl = None
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_FILE = Path("metrics/mlflow_run.json")
@@ -65,7 +66,7 @@ _MAX_PARAM_LEN = 6000   # MLflow's limit on a param value
 _BATCH = 100            # MLflow's limit on params per log_batch call
 _LOCKED_RETRIES = 8     # "database is locked" from another reader/writer (e.g. `mlflow ui`): retry with backoff
 
-_unreachable: set[str] = set()   # stores found unreachable in this process: warned once, not probed again
+_refused: set[str] = set()   # stores found unreachable or copied in this process: warned once, not tried again
 
 
 class TrackingUnavailable(Exception):
@@ -74,6 +75,10 @@ class TrackingUnavailable(Exception):
     def __init__(self, message: str, repeated: bool = False):
         super().__init__(message)
         self.repeated = repeated  # already reported in this process
+
+
+class CopiedStore(TrackingUnavailable):
+    """A sqlite store whose artifact locations lie in another checkout's ``mlruns/``."""
 
 
 @dataclass
@@ -151,21 +156,6 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_LEN else text[:_MAX_PARAM_LEN - 3] + "..."
 
 
-@contextlib.contextmanager
-def _store_lock(db: Path | None) -> Iterator[None]:
-    """Exclusive lock on ``<db>.lock`` (no-op for stores that are not a local sqlite file)."""
-    if db is None or fcntl is None:
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _is_locked_error(error: BaseException) -> bool:
     return "database is locked" in str(error) or "database table is locked" in str(error)
 
@@ -186,29 +176,28 @@ def _probe(uri: str) -> None:
 
 
 class _Store:
-    """An MlflowClient on one store, with its lock and the locked-database retries."""
+    """An MlflowClient on one store, with the locked-database retries."""
 
     def __init__(self, uri: str):
-        if uri in _unreachable:
-            raise TrackingUnavailable(f"tracking server {uri} unreachable", repeated=True)
+        if uri in _refused:
+            raise TrackingUnavailable(f"tracking store {uri} refused earlier in this process", repeated=True)
         try:
             _probe(uri)
         except TrackingUnavailable:
-            _unreachable.add(uri)
+            _refused.add(uri)
             raise
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.db = sqlite_path(uri)
-        # the client creates and migrates a new database: two processes doing so at once collide
+        if self.db is not None and not self.db.exists():
+            _create_sqlite_store(self.db)
         self.client = self.call(MlflowClient, uri)
-        self.call(self._adopt_copied_store)  # before any run of this store writes an artifact
 
     def call(self, action: Callable, *args, **kwargs):
         for attempt in range(_LOCKED_RETRIES):
             try:
-                with _store_lock(self.db):
-                    return action(*args, **kwargs)
+                return action(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - MLflow wraps sqlite's OperationalError in its own types
                 if not _is_locked_error(e) or attempt == _LOCKED_RETRIES - 1:
                     raise
@@ -217,60 +206,72 @@ class _Store:
     def artifact_root(self) -> Path | None:
         return self.db.parent / ARTIFACT_FOLDER if self.db is not None else None
 
+    def check_location(self, location: str | None) -> None:
+        """Refuse (:class:`CopiedStore`) an artifact location in another checkout's ``mlruns/``.
+
+        ``location``: an experiment's artifact location or a run's artifact URI, as MLflow stored it.
+        Object stores, ``mlflow-artifacts:`` and folders outside any ``mlruns/`` are left alone.
+        """
+        root = self.artifact_root()
+        parsed = urlparse(location or "")
+        if root is None or not location or parsed.scheme not in ("", "file"):
+            return
+        other = next((p for p in Path(parsed.path).parents if p.name == ARTIFACT_FOLDER), None)
+        if other is None or other == root:
+            return
+        _refused.add(self.uri)
+        raise CopiedStore(
+            f"{self.db} was copied from another checkout (its artifacts live in {other}), and MLflow keeps "
+            f"absolute artifact paths, so this checkout would write into that one's folders; fix: move "
+            f"{self.db.name} and {ARTIFACT_FOLDER}/ aside here for a fresh store, or point MLFLOW_TRACKING_URI "
+            f"at the original store or at a shared `mlflow server`")
+
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created (with its artifacts beside the database) if missing."""
         def get_or_create():
             experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
-                return experiment.experiment_id
+                return experiment
             root = self.artifact_root()
             # explicit location: MLflow's default is ./mlruns of the *current* folder, which for a queued
             # experiment is a temporary workspace that DVC deletes afterwards
             location = str(root / _folder_name(name)) if root is not None else None
             experiment_id = self.client.create_experiment(name, artifact_location=location)
             self.client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND_TAG)
-            return experiment_id
-        return self.call(get_or_create)
+            return self.client.get_experiment(experiment_id)
+        experiment = self.call(get_or_create)
+        self.check_location(experiment.artifact_location)
+        return experiment.experiment_id
 
-    def _adopt_copied_store(self) -> None:
-        """Point artifact locations of a copied or moved store at the folder beside this database.
+    def get_run(self, run_id: str):
+        """The run ``run_id`` (raises if it is not in this store), refused if it writes into another checkout."""
+        run = self.call(self.client.get_run, run_id)
+        self.check_location(run.info.artifact_uri)
+        return run
 
-        A sqlite store keeps absolute artifact paths; after ``cp -r`` or ``mv`` of a checkout they still name
-        the original ``mlruns/``, and new runs would write their artifacts into the other checkout.
-        Locations ``<elsewhere>/mlruns/<x>`` (this project's layout) are rewritten to ``<here>/mlruns/<x>``,
-        for experiments and their runs; other locations (object stores, chosen folders) are left alone.
-        Runs under the lock.
-        """
-        root = self.artifact_root()
-        if root is None or not self.db.is_file():
-            return
-        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "experiments" not in tables:
-                return
-            moved = {}
-            for experiment_id, location in db.execute("SELECT experiment_id, artifact_location FROM experiments"):
-                path = Path(urlparse(location).path) if location and location.startswith("file:") else \
-                    Path(location or "")
-                if path.is_absolute() and path.parent.name == ARTIFACT_FOLDER and path.parent != root:
-                    moved[experiment_id] = (str(path), str(root / path.name), location)
-            if not moved:
-                return
-            runs_moved = 0
-            with db:
-                for experiment_id, (old, new, location) in moved.items():
-                    db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                               (new, experiment_id))
-                    for prefix in {old, location}:
-                        runs_moved += db.execute(
-                            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
-                            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
-                            (new, len(prefix) + 1, experiment_id, len(prefix), prefix)).rowcount
-        if not runs_moved:  # e.g. MLflow's "Default" experiment, placed in the folder that created the store
-            return
-        old_roots = sorted({str(Path(old).parent) for old, _, _ in moved.values()})
-        print(f"tracking: {self.db} was copied or moved from another checkout (artifacts at "
-              f"{', '.join(old_roots)}); its artifact locations now point to {root}", flush=True)
+
+def _create_sqlite_store(db: Path) -> None:
+    """A new sqlite store at ``db``, created and migrated by MLflow in a private file, then moved into place.
+
+    Two trainings that start at once on a fresh store (``dvc queue start -j 2``) would otherwise run MLflow's
+    schema migrations against each other ("duplicate column name"). A hard link never replaces a store
+    another process put there first.
+    """
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    private = db.with_name(f".{db.name}.{os.getpid()}.new")
+    try:
+        MlflowClient(f"sqlite:///{private}").search_experiments()  # the first call creates the tables
+        try:
+            os.link(private, db)
+        except FileExistsError:
+            pass  # another process was first: its store is complete, since it too was moved in whole
+        except OSError:  # a file system without hard links
+            if not db.exists():
+                os.replace(private, db)
+    finally:
+        private.unlink(missing_ok=True)
 
 
 def _folder_name(name: str) -> str:
@@ -339,13 +340,15 @@ class Tracker:
         store = _Store(uri)
         if resume_run_id:
             try:
-                run = store.call(store.client.get_run, resume_run_id)
+                run = store.get_run(resume_run_id)
                 if run.info.lifecycle_stage == "active":
                     store.call(store.client.update_run, resume_run_id, status="RUNNING")
                     tracker = cls(run_id=resume_run_id, store=store)
                     tracker.experiment_id = run.info.experiment_id
                     tracker.set_tags({"resumed": "true", **(tags or {})})
                     return tracker
+            except CopiedStore:
+                raise
             except Exception as e:  # noqa: BLE001 - the run may live in another store (MLFLOW_TRACKING_URI changed)
                 warnings.warn(f"cannot continue MLflow run {resume_run_id} ({e}); starting a new run")
         experiment_id = store.experiment_id(config.experiment)
@@ -436,7 +439,7 @@ def open_run_from_file(config: TrackingConfig, path: str | Path = RUN_FILE) -> T
     if not info.get("run_id"):
         return Tracker.disabled()
     store = _Store(config.resolved_uri())
-    run = store.call(store.client.get_run, info["run_id"])  # fails loudly if the run is not in this store
+    run = store.get_run(info["run_id"])  # fails loudly if the run is not in this store or the store is a copy
     tracker = Tracker(run_id=info["run_id"], store=store)
     tracker.experiment_id = run.info.experiment_id
     return tracker

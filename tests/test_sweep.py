@@ -78,7 +78,7 @@ def _queued_sweep(repo: Path, tiny_prepared: Path) -> dict:
         shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for folder in ("split", "resized", "pose", "parsing"):
         shutil.copytree(tiny_prepared / folder, repo / "data" / folder)
-    (repo / ".gitignore").write_text("__pycache__/\n/mlflow.db\n/mlflow.db.lock\n/mlruns/\n")
+    (repo / ".gitignore").write_text("__pycache__/\n/mlflow.db\n/mlruns/\n")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(GIT_AUTHOR_NAME="casd", GIT_AUTHOR_EMAIL="casd@localhost", GIT_COMMITTER_NAME="casd",

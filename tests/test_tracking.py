@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from casd.losses import Objective
-from casd.tracking import EXPERIMENT_KIND_TAG, Tracker, TrackingConfig, TrackingUnavailable, open_run_from_file
+from casd.tracking import (EXPERIMENT_KIND_TAG, CopiedStore, Tracker, TrackingConfig, TrackingUnavailable, _refused,
+                           open_run_from_file)
 from casd.train.job import Outputs, TrainJob
 from casd.train.loop import NonFiniteLossError, train
 from helpers import SIZE, tiny_params, write_prepared
@@ -161,7 +162,7 @@ def _log_one_run(uri_or_none: str | None = None) -> Tracker:
     return tracker
 
 
-def test_copied_checkout_writes_artifacts_into_its_own_folder(tmp_path, monkeypatch):
+def test_copied_checkout_refuses_the_copied_store_and_never_writes_into_the_original(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -172,29 +173,53 @@ def test_copied_checkout_writes_artifacts_into_its_own_folder(tmp_path, monkeypa
     first = _log_one_run()
     assert (original / "mlruns" / "casd" / first.run_id / "artifacts" / "samples" / "grid.png").is_file()
     shutil.copytree(original, copy)
+    before = sorted(p.relative_to(original) for p in original.rglob("*"))
+    original_db = (original / "mlflow.db").read_bytes()
 
     monkeypatch.chdir(copy)
-    from mlflow.tracking._tracking_service import utils as mlflow_utils
-
-    mlflow_utils._artifact_repos_cache.clear()  # as in a new process: MLflow caches artifact paths per run id
-    # a later stage of the copied run (evaluate, with train cached) writes into the copy as well
+    # a later stage of the copied run (evaluate, with train cached) and a new training in the copy
     run_file = copy / "run.json"
     run_file.write_text(json.dumps({"run_id": first.run_id}))
-    open_run_from_file(TrackingConfig(), run_file).log_artifact(run_file, "eval")
-    assert (copy / "mlruns" / "casd" / first.run_id / "artifacts" / "eval" / "run.json").is_file()
-    assert not (original / "mlruns" / "casd" / first.run_id / "artifacts" / "eval").exists()
-    second = _log_one_run()
-    assert (copy / "mlruns" / "casd" / second.run_id / "artifacts" / "samples" / "grid.png").is_file()
-    assert not (original / "mlruns" / "casd" / second.run_id).exists()
-    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("casd")
-    assert Path(experiment.artifact_location) == copy / "mlruns" / "casd"
-    # the copied run's artifacts are read from the copy too
-    assert client.get_run(first.run_id).info.artifact_uri.startswith(str(copy / "mlruns"))
-    assert client.list_artifacts(first.run_id, "samples")[0].path == "samples/grid.png"
-    # the original store is untouched
-    assert MlflowClient(f"sqlite:///{original / 'mlflow.db'}").get_experiment_by_name("casd").artifact_location \
-        == str(original / "mlruns" / "casd")
+    with pytest.raises(CopiedStore) as refused:
+        open_run_from_file(TrackingConfig(), run_file)
+    message = str(refused.value)
+    assert "\n" not in message and str(copy / "mlflow.db") in message and str(original / "mlruns") in message
+    assert "fix:" in message and "MLFLOW_TRACKING_URI" in message and "mlflow server" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not Tracker.start(TrackingConfig(), {"train": {"lr": 0.001}}).active
+    assert not [w for w in caught if "MLflow" in str(w.message)]  # refused once per process, said once
+    _refused.clear()  # as in a new process: a new training in the copy is refused with the same line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not Tracker.start(TrackingConfig(), {"train": {"lr": 0.001}}).active
+    assert [str(w.message) for w in caught if "MLflow" in str(w.message)] == [f"MLflow tracking off for this run: "
+                                                                             f"{message}"]
+    # nothing of the original changed, and the copy's store is left as it came
+    assert sorted(p.relative_to(original) for p in original.rglob("*")) == before
+    assert (original / "mlflow.db").read_bytes() == original_db
+    assert not (copy / "mlruns" / "casd" / first.run_id / "artifacts" / "eval").exists()
+    # the fix named in the line: a fresh store in the copy
+    (copy / "mlflow.db").rename(copy / "mlflow.db.copied")
+    shutil.move(copy / "mlruns", copy / "mlruns.copied")
+    logged = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", _ONE_RUN], cwd=copy,
+                            capture_output=True, text=True, timeout=240)  # a new process: MLflow caches stores
+    assert logged.returncode == 0, logged.stderr[-2000:]
+    location, second = logged.stdout.split()[-2:]
+    assert (copy / "mlruns" / "casd" / second / "artifacts" / "samples" / "grid.png").is_file()
+    assert location == str(copy / "mlruns" / "casd")
+    assert not (original / "mlruns" / "casd" / second).exists()
+
+
+_ONE_RUN = textwrap.dedent("""
+    import numpy as np
+    from casd.tracking import Tracker, TrackingConfig
+    tracker = Tracker.start(TrackingConfig(), {"train": {"lr": 0.001}}, run_name="r")
+    assert tracker.active
+    tracker.log_image(np.zeros((4, 4, 3), np.uint8), "samples/grid.png")
+    tracker.end()
+    print(tracker.client.get_experiment(tracker.experiment_id).artifact_location, tracker.run_id)
+""")
 
 
 def test_queued_experiment_logs_into_the_workspace_store(tmp_path, monkeypatch):

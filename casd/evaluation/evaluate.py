@@ -628,13 +628,17 @@ def _finite_metrics(numbers: Mapping[str, Any], prefix: str = "eval/") -> dict[s
 
 def log_to_mlflow(evaluation: Evaluation, paths: EvaluatePaths, params: Mapping[str, Any]) -> str | None:
     """Log to the training run (``metrics/mlflow_run.json``), else to a new ``evaluate`` run; the run id."""
-    from casd.tracking import Tracker, TrackingConfig, open_run_from_file
+    from casd.tracking import Tracker, TrackingConfig, TrackingUnavailable, open_run_from_file
 
     config = from_dict(TrackingConfig, params.get("tracking"), "tracking")
     if not config.enabled:
         return None
     try:
         tracker = open_run_from_file(config, paths.run_file)
+    except TrackingUnavailable as e:  # unreachable, or a store copied from another checkout: no run at all
+        if not e.repeated:
+            warnings.warn(f"MLflow tracking off for this evaluation: {e}")
+        return None
     except Exception as e:  # noqa: BLE001 -- the recorded run may live in a store this machine lacks
         warnings.warn(f"{paths.run_file}: cannot open the recorded MLflow run ({e}); logging to a new run")
         tracker = Tracker.disabled()
