@@ -88,6 +88,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str = DEFAULT_URI       # $MLFLOW_TRACKING_URI wins over this
     experiment: str = "casd"
+    model_name: str = "casd-generator"  # the train stage logs its generator as this registered MLflow Model; "" = not
 
     def __post_init__(self):
         if not self.experiment:
@@ -274,6 +275,20 @@ def _create_sqlite_store(db: Path) -> None:
         private.unlink(missing_ok=True)
 
 
+def _registered_model(client, name: str) -> None:
+    """Create registered model ``name`` unless it exists (two trainings at once may both try)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
 def _folder_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
 
@@ -281,9 +296,9 @@ def _folder_name(name: str) -> str:
 class Tracker:
     """One MLflow run (or nothing, when ``active`` is False)."""
 
-    def __init__(self, client=None, run_id: str | None = None, store: _Store | None = None):
+    def __init__(self, run_id: str | None = None, store: _Store | None = None):
         self.store = store
-        self.client = store.client if store is not None else client
+        self.client = store.client if store is not None else None
         self.run_id = run_id
         self.experiment_id: str | None = None
         self._warned = False
@@ -412,6 +427,23 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
             self._safely(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_model(self, model_dir: str | Path, artifact_path: str, registered_name: str) -> str | None:
+        """Log a saved MLflow Model folder as ``artifact_path`` of this run and register it as a new version of
+        ``registered_name`` (created if missing); the version, or None when not tracking or when the store
+        fails (one warning: the files are written all the same)."""
+        if not self.active:
+            return None
+        try:
+            self._call(self.client.log_artifacts, self.run_id, str(model_dir), artifact_path)
+            self._call(_registered_model, self.client, registered_name)
+            version = self._call(self.client.create_model_version, registered_name,
+                                 f"runs:/{self.run_id}/{artifact_path}", run_id=self.run_id)
+            return version.version
+        except Exception as e:  # noqa: BLE001 - tracking never stops the work
+            warnings.warn(f"MLflow: logging the model {registered_name} to run {self.run_id} failed "
+                          f"({type(e).__name__}: {e}); its files are written all the same")
+            return None
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""

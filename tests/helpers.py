@@ -171,15 +171,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_process(command: str, args: list[str], cwd: Path, log_path: Path, env: dict | None = None):
-    """``mlflow <command> --host 127.0.0.1 --port <free> <args>`` run in ``cwd``; yields its URL once /health
-    answers; the server, its uvicorn worker and job runners (one session) are stopped afterwards."""
+    """``mlflow <command> --host 127.0.0.1 --port <free> <args>`` run in ``cwd`` (``command``: ``ui``, ``server``,
+    ``models serve``); yields its URL once /health answers; the server, its uvicorn worker and job runners (one
+    session) are stopped afterwards."""
     executable = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     if not Path(executable).is_file():
         pytest.skip("the mlflow command is not installed")
     port = free_port()
     log = open(log_path, "wb")
-    proc = subprocess.Popen([executable, command, "--host", "127.0.0.1", "--port", str(port), *args], cwd=cwd,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([executable, *command.split(), "--host", "127.0.0.1", "--port", str(port), *args],
+                            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # a cold start (sqlite migrations) on a busy 2-core machine

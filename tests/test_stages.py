@@ -53,8 +53,18 @@ def _files_used_by(stage: str) -> set[str]:
     while todo:
         name = todo.pop()
         seen.add(name)
-        todo |= _casd_imports(ast.parse(modules[name].read_text()), name, modules) - seen
+        tree = ast.parse(modules[name].read_text())
+        todo |= (_casd_imports(tree, name, modules) | _sibling_files_named(tree, name, modules)) - seen
     return {modules[name].relative_to(REPO).as_posix() for name in seen if not _docstring_only(modules[name])}
+
+
+def _sibling_files_named(tree: ast.AST, module: str, modules: dict[str, Path]) -> set[str]:
+    """Modules read as files rather than imported (``Path(__file__).with_name("served_model.py")``: the code
+    MLflow runs to load a model), named by a string constant in ``module``."""
+    package = module.rsplit(".", 1)[0]
+    names = {node.value[:-3] for node in ast.walk(tree)
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py")}
+    return {f"{package}.{n}" for n in names if f"{package}.{n}" in modules}
 
 
 def _docstring_only(path: Path) -> bool:

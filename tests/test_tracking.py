@@ -75,6 +75,10 @@ def test_training_run_is_tracked(store, tmp_path, monkeypatch):
     assert samples == {"step_0000002.png", "step_0000004.png", "step_0000006.png", "final_test_pairs.png"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/generator.pt"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "metrics")] == ["metrics/train_loss.csv"]
+    # the generator as an MLflow Model in the run, registered: one version of casd-generator for this run
+    assert "generator/MLmodel" in [a.path for a in client.list_artifacts(run.info.run_id, "generator")]
+    [version] = client.search_model_versions(f"name='casd-generator' and run_id='{run.info.run_id}'")
+    assert version.source == f"runs:/{run.info.run_id}/generator" and version.status == "READY"
     local = client.download_artifacts(run.info.run_id, "samples/final_test_pairs.png", str(tmp_path))
     from PIL import Image
 
@@ -163,8 +167,6 @@ def _log_one_run(uri_or_none: str | None = None) -> Tracker:
 
 
 def test_copied_checkout_refuses_the_copied_store_and_never_writes_into_the_original(tmp_path, monkeypatch):
-    from mlflow.tracking import MlflowClient
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     original, copy = tmp_path / "original", tmp_path / "copy"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -493,10 +494,32 @@ def finish_outputs(trainer: "Trainer") -> dict:
     trainer.tracker.log_image(grid, "samples/final_test_pairs.png")
     trainer.tracker.log_artifact(trainer.out.loss_csv, "metrics")
     trainer.tracker.log_artifact(trainer.out.model, "checkpoints")
+    log_served_model(trainer)
     print(f"train: done, {trainer.epoch} epochs, {trainer.global_step} steps in {trainer.train_seconds:.0f} s; "
           f"generator -> {trainer.out.model}, samples -> {trainer.out.samples}"
           + (f", MLflow run {trainer.run_id}" if trainer.run_id else ""), flush=True)
     return summary
+
+
+def log_served_model(trainer: "Trainer") -> None:
+    """The generator as an MLflow Model in the training run, registered as ``tracking.model_name`` (a version
+    per training run), with a pair of the prepared data as its input example (:mod:`casd.serving`)."""
+    name = trainer.job.tracking.model_name
+    if not trainer.tracker.active or not name:
+        return
+    from casd import serving
+
+    example = serving.prepared_example(trainer.data_root)
+    if example is None:
+        warnings.warn(f"{trainer.data_root}: no prepared pair to serve as the model's input example; "
+                      "the generator is not logged as an MLflow Model")
+        return
+    with tempfile.TemporaryDirectory(prefix="casd-model-") as tmp:
+        model_dir = serving.save_generator_model(Path(tmp) / serving.ARTIFACT_NAME, trainer.out.model, example)
+        version = trainer.tracker.log_model(model_dir, serving.ARTIFACT_NAME, name)
+    if version is not None:
+        print(f"train: generator registered as MLflow Model models:/{name}/{version} "
+              f"(runs:/{trainer.run_id}/{serving.ARTIFACT_NAME})", flush=True)
 
 
 def train(job: TrainJob, data_root: str | Path = PREPARED.root, outputs: Outputs | None = None) -> dict:
