@@ -140,10 +140,10 @@ class Response:
 class Studio:
     """A Synthesizer with a cache of people and their style tokens; one interaction at a time (a lock)."""
 
-    def __init__(self, synth: Synthesizer, *, checkpoint: str | Path | None = None, cache_size: int = 64):
-        self.synth = synth
+    def __init__(self, synthesizer: Synthesizer, *, checkpoint: str | Path | None = None, cache_size: int = 64):
+        self.synthesizer = synthesizer
         self.checkpoint = checkpoint
-        self.image_size = tuple(int(s) for s in synth.image_size)
+        self.image_size = tuple(int(s) for s in synthesizer.image_size)
         self.cache_size = cache_size
         self._people: OrderedDict[str, Person] = OrderedDict()
         self._tokens: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -151,9 +151,10 @@ class Studio:
         self._lock = threading.RLock()
         self._answered = 0
         # prepared people: name -> image file (those with a parsing map), and the names with keypoints
-        self.list_people({n: path for n, path, phase in (self._find(n) for n in sorted(synth.layout.image_names()))
-                          if path is not None and synth.layout.parsing_map(phase, n).is_file()},
-                         sorted(synth.keypoint_table()))
+        layout = synthesizer.layout
+        self.list_people({n: path for n, path, phase in (self._find(n) for n in sorted(layout.image_names()))
+                          if path is not None and layout.parsing_map(phase, n).is_file()},
+                         sorted(synthesizer.keypoint_table()))
 
     def list_people(self, images: Mapping[str, Path], pose_names: Sequence[str]) -> None:
         """The people the page offers: ``images`` {name: image file}, ``pose_names`` (names with keypoints)."""
@@ -173,7 +174,7 @@ class Studio:
         return name in self._pose_set
 
     def _find(self, name: str) -> tuple[str, Path | None, str | None]:
-        found = self.synth.layout.find_image(name)
+        found = self.synthesizer.layout.find_image(name)
         return (name, None, None) if found is None else (name, *found)
 
     # ---- people
@@ -182,7 +183,7 @@ class Studio:
         if key in self._uploads:
             return self._uploads[key][0]
         if key not in self._people:
-            self._people[key] = self.synth.person(key)
+            self._people[key] = self.synthesizer.person(key)
             while len(self._people) > self.cache_size:
                 self._people.popitem(last=False)
         return self._people[key]
@@ -192,7 +193,7 @@ class Studio:
         if key in self._tokens:
             self._tokens.move_to_end(key)
         else:
-            self._tokens[key] = self.synth.encode([self.person(key)])
+            self._tokens[key] = self.synthesizer.encode([self.person(key)])
             while len(self._tokens) > self.cache_size:
                 self._tokens.popitem(last=False)
         return self._tokens[key]
@@ -222,7 +223,7 @@ class Studio:
             raise DataError(parsing_path.name, f"parsing is {sizes[1][0]}x{sizes[1][1]} pixels but the image "
                                                f"{image_path.name} is {sizes[0][0]}x{sizes[0][1]}: they must match")
         try:
-            person = self.synth.person(str(image_path), parsing=parsing_path)
+            person = self.synthesizer.person(str(image_path), parsing=parsing_path)
         except DataError as e:  # name the file as the user called it, not the server's temporary copy
             raise DataError(Path(e.path).name, e.problem) from None
         digest = hashlib.sha1(image_path.read_bytes() + parsing_path.read_bytes()).hexdigest()[:10]
@@ -240,7 +241,7 @@ class Studio:
         return None if entry is None else entry[1:]
 
     def keypoints(self, name: str) -> np.ndarray:
-        return self.synth.keypoints(name).numpy().astype(np.int64)
+        return self.synthesizer.keypoints(name).numpy().astype(np.int64)
 
     # ---- one interaction
 
@@ -256,7 +257,7 @@ class Studio:
                 tokens = control.swap_tokens(tokens, {r: self.tokens(d) for r, d in choice.donors.items()})
             if choice.mix:
                 tokens = control.mix_tokens(tokens, self.tokens(choice.mix), choice.alpha, choice.mix_regions)
-            images, parsing = self.synth.render([torch.as_tensor(choice.keypoints)], tokens)
+            images, parsing = self.synthesizer.render([torch.as_tensor(choice.keypoints)], tokens)
             picture = visuals.to_uint8(images[0])
             seconds = time.perf_counter() - start
         return Rendered(picture, parsing[0].cpu().numpy(), seconds)
@@ -682,9 +683,9 @@ def serve(checkpoint: str | Path = DEFAULT_CHECKPOINT, *, params: str | Path | N
     if not Path(checkpoint).is_file():
         raise DataError(checkpoint, "checkpoint not found (train one: dvc repro train, or pass --checkpoint)")
     params_file = params or ("params.yaml" if Path("params.yaml").is_file() else None)
-    synth = Synthesizer.from_checkpoint(checkpoint, params=params_file, data_root=data_root,
+    synthesizer = Synthesizer.from_checkpoint(checkpoint, params=params_file, data_root=data_root,
                                         device=device, check=bool(params))
-    studio = Studio(synth, checkpoint=checkpoint)
+    studio = Studio(synthesizer, checkpoint=checkpoint)
     if not studio.names:
         raise DataError(data_root, "no prepared images with parsing (run dvc repro segment first)")
     print(f"casd app: http://{host}:{port}  (Ctrl+C stops it)", flush=True)

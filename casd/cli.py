@@ -278,15 +278,16 @@ def _generate(args: argparse.Namespace) -> None:
 
     # An explicit --params must match the checkpoint; the implicit params.yaml only fills gaps.
     params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None)
-    synth = Synthesizer.from_checkpoint(args.checkpoint, params=params_file, data_root=args.data_root, device=device,
-                                        check=bool(args.params), parsing=_parsing_files(args.parsing, args.source))
+    synthesizer = Synthesizer.from_checkpoint(args.checkpoint, params=params_file, data_root=args.data_root,
+                                              device=device, check=bool(args.params),
+                                              parsing=_parsing_files(args.parsing, args.source))
     if args.pairs:
         pairs = read_pairs(args.pairs)
         if not pairs:
             raise DataError(args.pairs, "no pairs")
     else:
         pairs = [(args.source, args.pose)]
-    written = generate_pairs(synth, pairs, out, swaps=swaps, mix=args.mix, alpha=alpha, regions=args.regions,
+    written = generate_pairs(synthesizer, pairs, out, swaps=swaps, mix=args.mix, alpha=alpha, regions=args.regions,
                              batch_size=args.batch_size, strips=not args.no_strip,
                              strip_scale=max(1, args.strip_scale), labels=args.strip_scale > 1)
     for path in written[:4]:

@@ -3,11 +3,11 @@
 Python::
 
     from casd.inference import Synthesizer
-    synth = Synthesizer.from_checkpoint("models/generator.pt", params="params.yaml")
-    image = synth.transfer(source, pose)                         # [3, H, W] in [-1, 1]
-    tryon = synth.swap(source, pose, {"upper_clothes": donor})   # try-on; {"head": donor}: hair + face
-    mixed = synth.mix(source, pose, other, alpha=0.5, regions="hair,face")
-    image, regions = synth.transfer_with_parsing(source, pose)   # + predicted target parsing [H, W], ids 0..7
+    synthesizer = Synthesizer.from_checkpoint("models/generator.pt", params="params.yaml")
+    image = synthesizer.transfer(source, pose)                        # [3, H, W] in [-1, 1]
+    tryon = synthesizer.swap(source, pose, {"upper_clothes": donor})  # try-on; {"head": donor}: hair + face
+    mixed = synthesizer.mix(source, pose, other, alpha=0.5, regions="hair,face")
+    image, regions = synthesizer.transfer_with_parsing(source, pose)  # + predicted target parsing [H, W], ids 0..7
 
 A *person* is a prepared image name (``data/resized/{train,test}/``, parsing
 from ``data/parsing/``), an image path with an explicit parsing PNG (merged
@@ -379,7 +379,7 @@ def _output_stem(source: str, pose: str, swaps: Mapping[str, str], mix: str | No
     return stem
 
 
-def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
+def generate_pairs(synthesizer: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
                    swaps: Mapping[str, PersonLike] | None = None, mix: PersonLike | None = None,
                    alpha: float = 0.5, regions: str | None = None, batch_size: int = 8,
                    strips: bool = True, strip_scale: int = 1, labels: bool = False) -> list[Path]:
@@ -392,25 +392,25 @@ def generate_pairs(synth: Synthesizer, pairs: Sequence[tuple[str, str]], out_dir
         raise CasdError(f"batch size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
     swaps = dict(swaps or {})
-    donors = [synth.person(d) for d in swaps.values()]
-    partner = synth.person(mix) if mix is not None else None
-    partner_tokens = synth.encode([partner]) if partner is not None else None
+    donors = [synthesizer.person(d) for d in swaps.values()]
+    partner = synthesizer.person(mix) if mix is not None else None
+    partner_tokens = synthesizer.encode([partner]) if partner is not None else None
     written: list[Path] = []
     for start in tqdm(range(0, len(pairs), batch_size), desc="generate", unit="batch", disable=len(pairs) <= 1):
         chunk = pairs[start:start + batch_size]
-        sources = [synth.person(s) for s, _ in chunk]
+        sources = [synthesizer.person(s) for s, _ in chunk]
         poses = [p for _, p in chunk]
-        tokens = synth.swap_tokens(synth.encode(sources), dict(zip(swaps, donors)))
+        tokens = synthesizer.swap_tokens(synthesizer.encode(sources), dict(zip(swaps, donors)))
         if partner_tokens is not None:
             tokens = control.mix_tokens(tokens, partner_tokens, alpha, regions)
-        images, parsing = synth.render(poses, tokens)
+        images, parsing = synthesizer.render(poses, tokens)
         for (source_name, pose_name), person, image, regions_map in zip(chunk, sources, images, parsing):
             stem = _output_stem(source_name, pose_name, {r: str(d) for r, d in swaps.items()},
                                 None if mix is None else str(mix), alpha, regions)
             picture = visuals.to_uint8(image)
             written.append(visuals.save_png(picture, out_dir / f"{stem}.png"))
             if strips:
-                strip = result_strip(visuals.to_uint8(person.image), synth.pose_picture(pose_name),
+                strip = result_strip(visuals.to_uint8(person.image), synthesizer.pose_picture(pose_name),
                                      donor_panels(zip(swaps, donors), partner, alpha), picture,
                                      visuals.parsing_colours(regions_map), scale=strip_scale, labels=labels)
                 written.append(visuals.save_png(strip, out_dir / f"{stem}_strip.png"))

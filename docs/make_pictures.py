@@ -20,7 +20,7 @@ from casd.visuals import make_grid, make_strip, parsing_colours, save_png, to_ui
 
 
 def pictures(checkpoint: Path, data: Path, rows: int, out: Path, scale: int = 3) -> list[Path]:
-    synth = Synthesizer.from_checkpoint(checkpoint, data_root=data)
+    synthesizer = Synthesizer.from_checkpoint(checkpoint, data_root=data)
     pairs, seen = [], set()
     for source, target in read_pairs(PreparedLayout(data).pairs("test")):
         person = flat_person(source)
@@ -29,13 +29,13 @@ def pictures(checkpoint: Path, data: Path, rows: int, out: Path, scale: int = 3)
             pairs.append((source, target))
         if len(pairs) == rows:
             break
-    people = {name: synth.person(name) for pair in pairs for name in pair}
+    people = {name: synthesizer.person(name) for pair in pairs for name in pair}
     transfer_rows, tryon_rows = [], []
     for i, (source, target) in enumerate(pairs):
-        image, parsing = synth.transfer_with_parsing(people[source], target)
+        image, parsing = synthesizer.transfer_with_parsing(people[source], target)
         donor = people[pairs[(i + 1) % len(pairs)][0]]
-        tried = synth.swap(people[source], target, {"upper_clothes": donor})
-        source_panel, pose_panel = to_uint8(people[source].image), synth.pose_picture(target)
+        tried = synthesizer.swap(people[source], target, {"upper_clothes": donor})
+        source_panel, pose_panel = to_uint8(people[source].image), synthesizer.pose_picture(target)
         panels = [source_panel, pose_panel, to_uint8(image), to_uint8(people[target].image), parsing_colours(parsing)]
         labels = ["source", "pose", "generated", "truth", "parsing"] if i == 0 else None
         transfer_rows.append(make_strip(panels, gap=2, scale=scale, labels=labels))

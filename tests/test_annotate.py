@@ -94,7 +94,7 @@ def test_frame_centres_the_person_at_the_dataset_aspect():
 @pytest.mark.slow
 def test_parser_matches_the_authors_network_and_extractor():
     fx = torch.load(FIXTURE, weights_only=True)
-    names = parsing.upstream_names()
+    names = parsing.upstream_parser_names()
     with torch.device("meta"):
         model = parsing.SCHPParser()
     assert sorted(names) == sorted(model.state_dict())
@@ -118,7 +118,7 @@ def test_parser_matches_the_authors_network_and_extractor():
 
 
 def test_parser_checkpoint_mismatch_is_one_line(tmp_path):
-    state = {f"module.{up}": torch.zeros(1) for up in parsing.upstream_names(parsing.ParserConfig.tiny()).values()}
+    state = {f"module.{up}": torch.zeros(1) for up in parsing.upstream_parser_names(parsing.ParserConfig.tiny()).values()}
     state["module.extra.weight"] = torch.zeros(1)
     del state["module.conv1.weight"]
     torch.save({"state_dict": state}, tmp_path / "bad.pth")
@@ -196,7 +196,7 @@ def standin_weights(tmp_path_factory) -> Path:
     _zip(pose, "rtmpose", folder / REGISTRY["rtmpose-body"].filename)
     torch.manual_seed(0)
     tiny = parsing.SCHPParser(parsing.ParserConfig.tiny())
-    names = parsing.upstream_names(parsing.ParserConfig.tiny())
+    names = parsing.upstream_parser_names(parsing.ParserConfig.tiny())
     state = {f"module.{names[k]}": v for k, v in tiny.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 150}, folder / REGISTRY["schp-lip"].filename)
     return folder
@@ -261,9 +261,9 @@ def test_annotate_writes_the_dataset_formats_and_generate_reads_them(standin_wei
         assert pose["size"] == [256, 176] and pose["keypoints"] == kp.tolist()
     torch.manual_seed(0)
     source = out / "img" / "alice.jpg"
-    synth = Synthesizer(Generator(GeneratorConfig.tiny()), (64, 44), data_root=tmp_path / "none",
+    synthesizer = Synthesizer(Generator(GeneratorConfig.tiny()), (64, 44), data_root=tmp_path / "none",
                         parsing={str(source): out / "parsing" / "alice.png"})
-    image = synth.transfer(str(source), str(out / "keypoints" / "bob.json"))
+    image = synthesizer.transfer(str(source), str(out / "keypoints" / "bob.json"))
     assert image.shape == (3, 64, 44) and torch.isfinite(image).all()
 
 

@@ -44,86 +44,86 @@ def checkpoint(tmp_path_factory, tiny_data_config):
 
 
 @pytest.fixture(scope="module")
-def synth(checkpoint, tiny_prepared):
+def synthesizer(checkpoint, tiny_prepared):
     return Synthesizer.from_checkpoint(checkpoint, data_root=tiny_prepared)
 
 
 @pytest.fixture()
-def studio(synth, checkpoint):
-    return app.Studio(synth, checkpoint=checkpoint)
+def studio(synthesizer, checkpoint):
+    return app.Studio(synthesizer, checkpoint=checkpoint)
 
 
 # --------------------------------------------------------------------------- pose editor frame
 
-def test_editor_round_trip_keeps_keypoints_and_missing_joints(synth):
-    kp = synth.keypoints(TARGET).numpy()
+def test_editor_round_trip_keeps_keypoints_and_missing_joints(synthesizer):
+    kp = synthesizer.keypoints(TARGET).numpy()
     kp[3] = -1
-    value = app.keypoints_to_editor(kp, synth.image_size)
-    scale = app.editor_scale(synth.image_size)
-    assert (value["height"], value["width"]) == (synth.image_size[0] * scale, synth.image_size[1] * scale)
+    value = app.keypoints_to_editor(kp, synthesizer.image_size)
+    scale = app.editor_scale(synthesizer.image_size)
+    assert (value["height"], value["width"]) == (synthesizer.image_size[0] * scale, synthesizer.image_size[1] * scale)
     assert value["hidden"][3] and sum(value["hidden"]) == int((kp < 0).any(axis=1).sum())
-    np.testing.assert_array_equal(app.editor_to_keypoints(value, synth.image_size), kp)
-    np.testing.assert_array_equal(app.editor_to_keypoints(json.dumps(value), synth.image_size), kp)
+    np.testing.assert_array_equal(app.editor_to_keypoints(value, synthesizer.image_size), kp)
+    np.testing.assert_array_equal(app.editor_to_keypoints(json.dumps(value), synthesizer.image_size), kp)
 
 
-def test_dragged_joint_reaches_the_generator_in_the_prepared_frame(studio, synth, monkeypatch):
+def test_dragged_joint_reaches_the_generator_in_the_prepared_frame(studio, synthesizer, monkeypatch):
     """A drag in canvas pixels (any displayed canvas size) lands in the image pixel under it, and the
     generator's pose input has that joint's map there."""
-    h, w = synth.image_size
-    value = app.keypoints_to_editor(synth.keypoints(TARGET), synth.image_size)
+    h, w = synthesizer.image_size
+    value = app.keypoints_to_editor(synthesizer.keypoints(TARGET), synthesizer.image_size)
     # The page's canvas may be drawn at another resolution: the editor reports its own width/height.
-    value = {**value, "width": 3 * w, "height": 3 * h, "points": [[p[0] * 3 / app.editor_scale(synth.image_size),
-                                                                   p[1] * 3 / app.editor_scale(synth.image_size)]
+    value = {**value, "width": 3 * w, "height": 3 * h, "points": [[p[0] * 3 / app.editor_scale(synthesizer.image_size),
+                                                                   p[1] * 3 / app.editor_scale(synthesizer.image_size)]
                                                                   for p in value["points"]]}
     value["points"][WRIST] = [3 * 30 + 2.9, 3 * 50 + 0.1]     # canvas (x, y) inside image pixel (y=50, x=30)
     value["hidden"][WRIST] = False
     seen = []
-    decode = synth.generator.decode
-    monkeypatch.setattr(synth.generator, "decode", lambda pose, tokens: seen.append(pose) or decode(pose, tokens))
+    decode = synthesizer.generator.decode
+    monkeypatch.setattr(synthesizer.generator, "decode", lambda pose, tokens: seen.append(pose) or decode(pose, tokens))
 
-    kp = app.editor_to_keypoints(value, synth.image_size)
+    kp = app.editor_to_keypoints(value, synthesizer.image_size)
     assert kp[WRIST].tolist() == [50, 30]
     studio.render(app.Choice(SOURCE, kp))
     (pose,) = seen
     assert torch.nonzero(pose[0, WRIST]).tolist() == [[50, 30]]
-    expected = synth.keypoints(TARGET).clone()
+    expected = synthesizer.keypoints(TARGET).clone()
     expected[WRIST] = torch.tensor([50, 30])
     torch.testing.assert_close(pose, pose_input(expected[None], (h, w)), rtol=0, atol=0)
 
 
-def test_mirror_swaps_sides_and_flips_x(synth):
-    kp = synth.keypoints(TARGET).numpy()
-    mirrored = app.mirror_keypoints(kp, synth.image_size[1])
+def test_mirror_swaps_sides_and_flips_x(synthesizer):
+    kp = synthesizer.keypoints(TARGET).numpy()
+    mirrored = app.mirror_keypoints(kp, synthesizer.image_size[1])
     left, right = KEYPOINT_NAMES.index("left_wrist"), KEYPOINT_NAMES.index("right_wrist")
     if (kp[right] >= 0).all():
-        assert mirrored[left].tolist() == [kp[right, 0], synth.image_size[1] - 1 - kp[right, 1]]
-    np.testing.assert_array_equal(app.mirror_keypoints(mirrored, synth.image_size[1]), kp)
+        assert mirrored[left].tolist() == [kp[right, 0], synthesizer.image_size[1] - 1 - kp[right, 1]]
+    np.testing.assert_array_equal(app.mirror_keypoints(mirrored, synthesizer.image_size[1]), kp)
 
 
 # --------------------------------------------------------------------------- Studio
 
-def test_render_equals_the_synthesizer_and_encodes_each_person_once(studio, synth, monkeypatch):
+def test_render_equals_the_synthesizer_and_encodes_each_person_once(studio, synthesizer, monkeypatch):
     calls = []
-    encode = synth.generator.encode_style
-    monkeypatch.setattr(synth.generator, "encode_style", lambda *a: calls.append(1) or encode(*a))
-    kp = synth.keypoints(TARGET).numpy()
+    encode = synthesizer.generator.encode_style
+    monkeypatch.setattr(synthesizer.generator, "encode_style", lambda *a: calls.append(1) or encode(*a))
+    kp = synthesizer.keypoints(TARGET).numpy()
     first = studio.render(app.Choice(SOURCE, kp))
-    np.testing.assert_array_equal(first.image, visuals.to_uint8(synth.transfer(SOURCE, TARGET)))
+    np.testing.assert_array_equal(first.image, visuals.to_uint8(synthesizer.transfer(SOURCE, TARGET)))
     calls.clear()
     for alpha in (0.0, 0.5, 1.0):
-        studio.render(app.Choice(SOURCE, app.mirror_keypoints(kp, synth.image_size[1]), {"upper_clothes": DONOR},
+        studio.render(app.Choice(SOURCE, app.mirror_keypoints(kp, synthesizer.image_size[1]), {"upper_clothes": DONOR},
                                  mix=TARGET, alpha=alpha, mix_regions=["hair", "face"]))
     assert len(calls) == 2  # the donor and the mix partner, once each; the source was cached
     tryon = studio.render(app.Choice(SOURCE, kp, {"upper_clothes": DONOR}))
-    np.testing.assert_array_equal(tryon.image, visuals.to_uint8(synth.swap(SOURCE, TARGET,
+    np.testing.assert_array_equal(tryon.image, visuals.to_uint8(synthesizer.swap(SOURCE, TARGET,
                                                                           {"upper_clothes": DONOR})))
-    assert tryon.parsing.shape == tuple(synth.image_size) and tryon.parsing.max() < len(REGION_NAMES)
+    assert tryon.parsing.shape == tuple(synthesizer.image_size) and tryon.parsing.max() < len(REGION_NAMES)
 
 
-def test_command_line_reproduces_the_picture(studio, synth, checkpoint, tiny_prepared, tmp_path, monkeypatch):
+def test_command_line_reproduces_the_picture(studio, synthesizer, checkpoint, tiny_prepared, tmp_path, monkeypatch):
     from casd.cli import main as casd_main
 
-    kp = synth.keypoints(TARGET).numpy()
+    kp = synthesizer.keypoints(TARGET).numpy()
     kp[WRIST] = [40, 10]
     choice = app.Choice(SOURCE, kp, {"pants": DONOR}, mix=TARGET, alpha=0.25, mix_regions=["hair"])
     pose_file = app.write_pose_json(tmp_path / "pose.json", kp)
@@ -140,7 +140,7 @@ def _png(path, array):
     return path
 
 
-def test_uploads_are_checked_and_named(studio, synth, tiny_prepared, tmp_path):
+def test_uploads_are_checked_and_named(studio, synthesizer, tiny_prepared, tmp_path):
     image = np.asarray(Image.open(tiny_prepared / "resized" / "test" / SOURCE))
     parsing = np.asarray(Image.open(tiny_prepared / "parsing" / "test" / SOURCE.replace(".jpg", ".png")))
     (tmp_path / "notes.txt").write_text("not a picture")
@@ -153,7 +153,7 @@ def test_uploads_are_checked_and_named(studio, synth, tiny_prepared, tmp_path):
         with pytest.raises(DataError, match=message):
             studio.add_upload(image_path, parsing_path)
     key = studio.add_upload(tmp_path / "me.png", tmp_path / "p.png")
-    kp = synth.keypoints(TARGET).numpy()
+    kp = synthesizer.keypoints(TARGET).numpy()
     np.testing.assert_array_equal(studio.render(app.Choice(key, kp)).image,
                                   studio.render(app.Choice(SOURCE, kp)).image)
     assert "--parsing me.png=p.png" in studio.command_line(app.Choice(key, kp), TARGET)
@@ -187,10 +187,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def served(synth, checkpoint):
+def served(synthesizer, checkpoint):
     pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
     port = free_port()
-    page = app.launch(app.Studio(synth, checkpoint=checkpoint), "127.0.0.1", port, block=False)
+    page = app.launch(app.Studio(synthesizer, checkpoint=checkpoint), "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/"
     page.close()
 
@@ -201,7 +201,7 @@ def _fetch_png(url: str) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # gradio's own pandas calls under pandas 3
-def test_page_in_headless_chromium(browser, served, synth, tmp_path):
+def test_page_in_headless_chromium(browser, served, synthesizer, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -242,7 +242,7 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     pick("source", SOURCE)
     pick("target pose", TARGET)
     wait.until(lambda d: rendered_count() >= 1)
-    np.testing.assert_array_equal(generate(), visuals.to_uint8(synth.transfer(SOURCE, TARGET)))
+    np.testing.assert_array_equal(generate(), visuals.to_uint8(synthesizer.transfer(SOURCE, TARGET)))
     command = browser.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
     assert f"--source {SOURCE} --pose {TARGET}" in command
 
@@ -251,15 +251,15 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     wait.until(lambda d: "--swap upper_clothes=" in
                d.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value"))
     tryon = generate()
-    np.testing.assert_array_equal(tryon, visuals.to_uint8(synth.swap(SOURCE, TARGET, {"upper_clothes": DONOR})))
+    np.testing.assert_array_equal(tryon, visuals.to_uint8(synthesizer.swap(SOURCE, TARGET, {"upper_clothes": DONOR})))
     if os.environ.get("CASD_APP_SCREENSHOT"):
         browser.save_screenshot(os.environ["CASD_APP_SCREENSHOT"])
 
     # Drag the right wrist on the canvas: the result follows without pressing generate.
     canvas = browser.find_element(By.CSS_SELECTOR, "#pose-editor canvas")
-    kp = synth.keypoints(TARGET).numpy()
+    kp = synthesizer.keypoints(TARGET).numpy()
     assert (kp[WRIST] >= 0).all()
-    css_per_pixel = canvas.rect["width"] / synth.image_size[1]
+    css_per_pixel = canvas.rect["width"] / synthesizer.image_size[1]
     before = rendered_count()
     start = ((kp[WRIST, 1] + 0.5) * css_per_pixel - canvas.rect["width"] / 2,
              (kp[WRIST, 0] + 0.5) * css_per_pixel - canvas.rect["height"] / 2)
@@ -271,7 +271,7 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     dragged = kp.copy()
     dragged[WRIST] = [target_y, target_x]
     shown = _fetch_png(browser.find_element(By.CSS_SELECTOR, "#result img").get_attribute("src"))
-    np.testing.assert_array_equal(shown, visuals.to_uint8(synth.swap(SOURCE, torch.from_numpy(dragged),
+    np.testing.assert_array_equal(shown, visuals.to_uint8(synthesizer.swap(SOURCE, torch.from_numpy(dragged),
                                                                      {"upper_clothes": DONOR})))
     assert "--pose pose.json" in browser.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
 
@@ -279,15 +279,15 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     before = rendered_count()
     browser.find_element(By.ID, "mirror").click()
     wait.until(lambda d: rendered_count() > before)
-    mirrored = torch.from_numpy(app.mirror_keypoints(dragged, synth.image_size[1]))
+    mirrored = torch.from_numpy(app.mirror_keypoints(dragged, synthesizer.image_size[1]))
     shown = _fetch_png(browser.find_element(By.CSS_SELECTOR, "#result img").get_attribute("src"))
-    np.testing.assert_array_equal(shown, visuals.to_uint8(synth.swap(SOURCE, mirrored, {"upper_clothes": DONOR})))
+    np.testing.assert_array_equal(shown, visuals.to_uint8(synthesizer.swap(SOURCE, mirrored, {"upper_clothes": DONOR})))
 
     # A bad upload: a message in the page, and the app keeps working.
     browser.find_element(By.CSS_SELECTOR, "#upload .label-wrap").click()
     (tmp_path / "notes.txt").write_text("not a picture")
     parsing = tmp_path / "parsing.png"
-    Image.fromarray(np.zeros(synth.image_size, np.uint8)).save(parsing)
+    Image.fromarray(np.zeros(synthesizer.image_size, np.uint8)).save(parsing)
     files = "#upload-image input[type=file], #upload-parsing input[type=file]"
     inputs = wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, files)) == 2
                         and d.find_elements(By.CSS_SELECTOR, files))
@@ -302,7 +302,7 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
 
     # The same upload with an image in place of the text: it becomes the source.
     browser.find_element(By.CSS_SELECTOR, "#upload-image button[aria-label=Clear]").click()
-    image = str(shutil.copy(synth.layout.find_image(DONOR)[0], tmp_path / "me.jpg"))
+    image = str(shutil.copy(synthesizer.layout.find_image(DONOR)[0], tmp_path / "me.jpg"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-image input[type=file]"))[0].send_keys(image)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-image .file-preview"))
     before = rendered_count()
@@ -310,9 +310,9 @@ def test_page_in_headless_chromium(browser, served, synth, tmp_path):
     wait.until(lambda d: rendered_count() > before)
     assert "--parsing me.jpg=parsing.png" in browser.find_element(By.CSS_SELECTOR, "#command textarea") \
         .get_attribute("value")
-    uploaded = synth.person(str(image), parsing=parsing)
+    uploaded = synthesizer.person(str(image), parsing=parsing)
     np.testing.assert_array_equal(_fetch_png(browser.find_element(By.CSS_SELECTOR, "#result img").get_attribute("src")),
-                                  visuals.to_uint8(synth.swap(uploaded, mirrored, {"upper_clothes": DONOR})))
+                                  visuals.to_uint8(synthesizer.swap(uploaded, mirrored, {"upper_clothes": DONOR})))
 
     # Offline: everything the page asked for came from this server (or is inline data).
     requested = set()
@@ -335,9 +335,9 @@ def _first_page_bytes(url: str) -> int:
 
 
 @pytest.mark.parametrize("people", [2_000, 50_000])
-def test_first_page_stays_small_whatever_the_dataset(synth, checkpoint, people):
+def test_first_page_stays_small_whatever_the_dataset(synthesizer, checkpoint, people):
     pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
-    studio = app.Studio(synth, checkpoint=checkpoint)
+    studio = app.Studio(synthesizer, checkpoint=checkpoint)
     picture = next(iter(studio.images.values()))
     names = [f"fashion{'MEN' if i % 2 else 'WOMEN'}Denimid{i:08d}_{i % 7}front.jpg" for i in range(people)]
     studio.list_people({n: picture for n in names}, names)

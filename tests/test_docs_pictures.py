@@ -26,7 +26,7 @@ def test_pictures_show_the_first_test_people_in_their_target_poses(tmp_path, tin
     written = pictures(checkpoint, tiny_prepared, rows=2, out=tmp_path / "docs", scale=1)
     assert [p.name for p in written] == ["pose_transfer.png", "tryon.png"]
 
-    synth = Synthesizer.from_checkpoint(checkpoint, data_root=tiny_prepared)
+    synthesizer = Synthesizer.from_checkpoint(checkpoint, data_root=tiny_prepared)
     pairs = read_pairs(PreparedLayout(tiny_prepared).pairs("test"))
     first = pairs[0]
     second = next(p for p in pairs if flat_person(p[0]) != flat_person(first[0]))
@@ -38,8 +38,8 @@ def test_pictures_show_the_first_test_people_in_their_target_poses(tmp_path, tin
     assert tryon.shape == (caption + 2 * h + 2, 4 * w + 3 * 2, 3)
     # row 1, panel 3: the generated picture; panel 4: the ground truth; the try-on's donor is the next row's source
     generated = transfer[caption:caption + h, 2 * (w + 2):2 * (w + 2) + w]
-    np.testing.assert_array_equal(generated, visuals.to_uint8(synth.transfer(*first)))
+    np.testing.assert_array_equal(generated, visuals.to_uint8(synthesizer.transfer(*first)))
     truth = transfer[caption:caption + h, 3 * (w + 2):3 * (w + 2) + w]
-    np.testing.assert_array_equal(truth, visuals.to_uint8(synth.person(first[1]).image))
+    np.testing.assert_array_equal(truth, visuals.to_uint8(synthesizer.person(first[1]).image))
     tried = tryon[caption:caption + h, 3 * (w + 2):]
-    np.testing.assert_array_equal(tried, visuals.to_uint8(synth.swap(*first, {"upper_clothes": second[0]})))
+    np.testing.assert_array_equal(tried, visuals.to_uint8(synthesizer.swap(*first, {"upper_clothes": second[0]})))

@@ -57,7 +57,7 @@ def generator():
 
 
 @pytest.fixture()
-def synth(generator, data_root):
+def synthesizer(generator, data_root):
     return inference.Synthesizer(generator, SIZE, data_root=data_root)
 
 
@@ -65,29 +65,29 @@ _reader_generator = functools.cache(tiny_generator)
 
 
 def _person_tensors(data_root, name):
-    synth = inference.Synthesizer(_reader_generator(), SIZE, data_root=data_root)
-    person = synth.person(name)
-    return person.image[None], person.parsing[None], synth.keypoints(name)[None]
+    synthesizer = inference.Synthesizer(_reader_generator(), SIZE, data_root=data_root)
+    person = synthesizer.person(name)
+    return person.image[None], person.parsing[None], synthesizer.keypoints(name)[None]
 
 
-def test_batched_transfer_equals_one_at_a_time(synth):
+def test_batched_transfer_equals_one_at_a_time(synthesizer):
     """The generator's modulated norm uses batch statistics; generation must not depend on batching."""
-    batch = synth.transfer_batch(NAMES[:3], NAMES[1:4])
+    batch = synthesizer.transfer_batch(NAMES[:3], NAMES[1:4])
     for i in range(3):
-        torch.testing.assert_close(batch[i], synth.transfer(NAMES[i], NAMES[i + 1]), rtol=0, atol=1e-4)
+        torch.testing.assert_close(batch[i], synthesizer.transfer(NAMES[i], NAMES[i + 1]), rtol=0, atol=1e-4)
 
 
-def test_transfer_equals_generator_forward(synth, generator, data_root):
+def test_transfer_equals_generator_forward(synthesizer, generator, data_root):
     image, parsing, _ = _person_tensors(data_root, NAMES[0])
     _, _, kp = _person_tensors(data_root, NAMES[1])
     with torch.no_grad():
         expected, _ = generator(pose_input(kp, SIZE), image, parsing)
-    out = synth.transfer(NAMES[0], NAMES[1])
+    out = synthesizer.transfer(NAMES[0], NAMES[1])
     assert out.shape == (3, *SIZE)
     torch.testing.assert_close(out, expected[0], rtol=0, atol=1e-6)
 
 
-def test_swap_equals_decode_with_hand_edited_tokens(synth, generator, data_root):
+def test_swap_equals_decode_with_hand_edited_tokens(synthesizer, generator, data_root):
     src, src_parsing, _ = _person_tensors(data_root, NAMES[0])
     donor, donor_parsing, _ = _person_tensors(data_root, NAMES[2])
     _, _, kp = _person_tensors(data_root, NAMES[1])
@@ -98,103 +98,103 @@ def test_swap_equals_decode_with_hand_edited_tokens(synth, generator, data_root)
         edited = tokens.clone()
         edited[:, k] = donor_tokens[:, k]
         expected, _ = generator.decode(pose_input(kp, SIZE), edited)
-    out = synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[2]})
+    out = synthesizer.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[2]})
     torch.testing.assert_close(out, expected[0], rtol=0, atol=1e-6)
     # the swap really changed the picture, and only through that one token
-    assert not torch.allclose(out, synth.transfer(NAMES[0], NAMES[1]), atol=1e-4)
+    assert not torch.allclose(out, synthesizer.transfer(NAMES[0], NAMES[1]), atol=1e-4)
 
 
-def test_swap_edits_only_the_chosen_tokens(synth, monkeypatch):
+def test_swap_edits_only_the_chosen_tokens(synthesizer, monkeypatch):
     seen = {}
-    original = synth.decode
+    original = synthesizer.decode
 
     def spy(poses, tokens):
         seen["tokens"] = tokens.clone()
         return original(poses, tokens)
 
-    monkeypatch.setattr(synth, "decode", spy)
-    synth.swap(NAMES[0], NAMES[1], {"head": NAMES[3]})
-    src, donor = synth.encode([NAMES[0]]), synth.encode([NAMES[3]])
+    monkeypatch.setattr(synthesizer, "decode", spy)
+    synthesizer.swap(NAMES[0], NAMES[1], {"head": NAMES[3]})
+    src, donor = synthesizer.encode([NAMES[0]]), synthesizer.encode([NAMES[3]])
     head = [REGION_NAMES.index("hair"), REGION_NAMES.index("face")]
     rest = [i for i in range(len(REGION_NAMES)) if i not in head]
     assert torch.equal(seen["tokens"][:, head], donor[:, head])
     assert torch.equal(seen["tokens"][:, rest], src[:, rest])
 
 
-def test_mix_endpoints_equal_the_two_people(synth):
-    at0 = synth.mix(NAMES[0], NAMES[1], NAMES[2], alpha=0.0)
-    at1 = synth.mix(NAMES[0], NAMES[1], NAMES[2], alpha=1.0)
-    torch.testing.assert_close(at0, synth.transfer(NAMES[0], NAMES[1]), rtol=0, atol=1e-6)
-    torch.testing.assert_close(at1, synth.transfer(NAMES[2], NAMES[1]), rtol=0, atol=1e-6)
+def test_mix_endpoints_equal_the_two_people(synthesizer):
+    at0 = synthesizer.mix(NAMES[0], NAMES[1], NAMES[2], alpha=0.0)
+    at1 = synthesizer.mix(NAMES[0], NAMES[1], NAMES[2], alpha=1.0)
+    torch.testing.assert_close(at0, synthesizer.transfer(NAMES[0], NAMES[1]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(at1, synthesizer.transfer(NAMES[2], NAMES[1]), rtol=0, atol=1e-6)
     # regions: alpha 1 on hair+face only is the head swap
-    torch.testing.assert_close(synth.mix(NAMES[0], NAMES[1], NAMES[2], 1.0, regions="hair,face"),
-                               synth.swap(NAMES[0], NAMES[1], {"head": NAMES[2]}), rtol=0, atol=1e-6)
+    torch.testing.assert_close(synthesizer.mix(NAMES[0], NAMES[1], NAMES[2], 1.0, regions="hair,face"),
+                               synthesizer.swap(NAMES[0], NAMES[1], {"head": NAMES[2]}), rtol=0, atol=1e-6)
 
 
-def test_inputs_as_tensors_and_json_pose(synth, data_root, tmp_path):
+def test_inputs_as_tensors_and_json_pose(synthesizer, data_root, tmp_path):
     image, parsing, kp = _person_tensors(data_root, NAMES[0])
     ids = parsing[0].argmax(0)
     pose_file = tmp_path / "pose.json"
     pose_file.write_text(json.dumps(kp[0].tolist()))
-    by_tensor = synth.transfer((image[0], ids), kp[0])
-    torch.testing.assert_close(by_tensor, synth.transfer(NAMES[0], str(pose_file)), rtol=0, atol=1e-6)
-    torch.testing.assert_close(by_tensor, synth.transfer(NAMES[0], NAMES[0]), rtol=0, atol=1e-6)
+    by_tensor = synthesizer.transfer((image[0], ids), kp[0])
+    torch.testing.assert_close(by_tensor, synthesizer.transfer(NAMES[0], str(pose_file)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(by_tensor, synthesizer.transfer(NAMES[0], NAMES[0]), rtol=0, atol=1e-6)
     # another frame, rescaled: the same joints given at twice the size
     scaled = {"size": [SIZE[0] * 2, SIZE[1] * 2],
               "keypoints": [[-1, -1] if y < 0 else [2 * y, 2 * x] for y, x in kp[0].tolist()]}
     pose_file.write_text(json.dumps(scaled))
-    assert torch.equal(synth.keypoints(str(pose_file)), kp[0])
+    assert torch.equal(synthesizer.keypoints(str(pose_file)), kp[0])
 
 
-def test_image_path_needs_parsing(synth, data_root, tmp_path):
+def test_image_path_needs_parsing(synthesizer, data_root, tmp_path):
     path = data_root / "resized/test" / NAMES[1]
     outside = tmp_path / "person.jpg"
     outside.write_bytes(path.read_bytes())
     with pytest.raises(DataError, match="--parsing"):
-        synth.person(str(outside))
-    person = synth.person(str(outside), parsing=data_root / "parsing/test" / NAMES[1].replace(".jpg", ".png"))
-    assert torch.equal(person.parsing, synth.person(NAMES[1]).parsing)
+        synthesizer.person(str(outside))
+    person = synthesizer.person(str(outside), parsing=data_root / "parsing/test" / NAMES[1].replace(".jpg", ".png"))
+    assert torch.equal(person.parsing, synthesizer.person(NAMES[1]).parsing)
 
 
-def test_bad_inputs_are_one_clear_error_each(synth, tmp_path):
+def test_bad_inputs_are_one_clear_error_each(synthesizer, tmp_path):
     with pytest.raises(DataError, match="no prepared image") as e:
-        synth.transfer("fashionWOMENDressesid0000000001_1fron.jpg", NAMES[1])
+        synthesizer.transfer("fashionWOMENDressesid0000000001_1fron.jpg", NAMES[1])
     assert "did you mean" in str(e.value)
     with pytest.raises(DataError, match="no prepared pose"):
-        synth.transfer(NAMES[0], "nobody.jpg")
+        synthesizer.transfer(NAMES[0], "nobody.jpg")
     with pytest.raises(CasdError, match="unknown region 'shirt'"):
-        synth.swap(NAMES[0], NAMES[1], {"shirt": NAMES[2]})
+        synthesizer.swap(NAMES[0], NAMES[1], {"shirt": NAMES[2]})
     short = tmp_path / "short.json"
     short.write_text(json.dumps([[1, 1]] * 17))
     with pytest.raises(DataError, match="expected 18 .* got 17"):
-        synth.transfer(NAMES[0], str(short))
+        synthesizer.transfer(NAMES[0], str(short))
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps([[SIZE[0], 0]] + [[1, 1]] * 17))
     with pytest.raises(DataError, match="outside"):
-        synth.transfer(NAMES[0], str(outside))
+        synthesizer.transfer(NAMES[0], str(outside))
 
 
-def test_generate_pairs_writes_images_and_strips(synth, tmp_path):
-    written = inference.generate_pairs(synth, [(NAMES[0], NAMES[1]), (NAMES[2], NAMES[3])], tmp_path,
+def test_generate_pairs_writes_images_and_strips(synthesizer, tmp_path):
+    written = inference.generate_pairs(synthesizer, [(NAMES[0], NAMES[1]), (NAMES[2], NAMES[3])], tmp_path,
                                       swaps={"upper_clothes": NAMES[3]}, batch_size=2)
     images = [p for p in written if not p.name.endswith("_strip.png")]
     strips = [p for p in written if p.name.endswith("_strip.png")]
     assert len(images) == len(strips) == 2
     assert images[0].name == output_name(NAMES[0], NAMES[1]).replace(
         ".png", f"_swap-upper_clothes-{NAMES[3].removesuffix('.jpg')}.png")
-    plain = inference.generate_pairs(synth, [(NAMES[0], NAMES[1])], tmp_path / "plain", strips=False)
+    plain = inference.generate_pairs(synthesizer, [(NAMES[0], NAMES[1])], tmp_path / "plain", strips=False)
     assert [p.name for p in plain] == [output_name(NAMES[0], NAMES[1])]  # the test stage's name
     with Image.open(images[0]) as img:
         assert img.size == (SIZE[1], SIZE[0])
     with Image.open(strips[0]) as img:  # source | pose | donor | result | predicted parsing, 2 px gaps
         strip = np.asarray(img)
     assert strip.shape == (SIZE[0], 5 * SIZE[1] + 4 * 2, 3)
-    _, regions = synth.transfer_with_parsing(NAMES[0], NAMES[1])  # no swap: another picture, but a parsing
+    _, regions = synthesizer.transfer_with_parsing(NAMES[0], NAMES[1])  # no swap: another picture, but a parsing
     assert regions.shape == SIZE and regions.dtype == torch.uint8 and int(regions.max()) < 8
     parsing_panel = strip[:, 4 * (SIZE[1] + 2):]
     assert {tuple(c) for c in parsing_panel.reshape(-1, 3)} <= {tuple(c) for c in visuals.REGION_COLOURS}
     # the written result is the single-pair swap (batched float noise may move a value by one level)
-    expected = visuals.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[3]})).astype(int)
+    expected = visuals.to_uint8(synthesizer.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[3]})).astype(int)
     with Image.open(images[0]) as img:
         assert np.abs(np.asarray(img).astype(int) - expected).max() <= 1
 
@@ -216,7 +216,7 @@ def _run(argv, capsys):
     return capsys.readouterr().err.strip()
 
 
-def test_cli_tryon_writes_result_and_strip(checkpoint, data_root, tmp_path, synth, monkeypatch):
+def test_cli_tryon_writes_result_and_strip(checkpoint, data_root, tmp_path, synthesizer, monkeypatch):
     from casd.cli import main as casd_main
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: everything from the checkpoint
@@ -227,7 +227,7 @@ def test_cli_tryon_writes_result_and_strip(checkpoint, data_root, tmp_path, synt
     assert [p.name.endswith("_strip.png") for p in results] == [False, True]
     with Image.open(results[0]) as img:
         got = np.asarray(img).astype(int)
-    expected = visuals.to_uint8(synth.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[2]})).astype(int)
+    expected = visuals.to_uint8(synthesizer.swap(NAMES[0], NAMES[1], {"upper_clothes": NAMES[2]})).astype(int)
     assert np.abs(got - expected).max() <= 1
 
 

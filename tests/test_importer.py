@@ -81,8 +81,8 @@ def test_round_trip_same_outputs_and_config(upstream_files, tmp_path, capsys):
     assert set(state["discriminators"]) == {"d_pb", "d_pp"}
 
     # and the Synthesizer reads it (its frame comes from the checkpoint)
-    synth = Synthesizer.from_checkpoint(out)
-    assert synth.image_size == SIZE and synth.generator.config.width == 12
+    synthesizer = Synthesizer.from_checkpoint(out)
+    assert synthesizer.image_size == SIZE and synthesizer.generator.config.width == 12
 
 
 def test_refuses_anything_but_tensors(tmp_path):

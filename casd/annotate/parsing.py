@@ -2,7 +2,7 @@
 
 The network is written here because no maintained package runs it; the
 authors' LIP checkpoint (``exp-schp-201908261155-lip.pth``) loads strictly
-through :func:`upstream_names`. Pre- and post-processing follow the authors'
+through :func:`upstream_parser_names`. Pre- and post-processing follow the authors'
 ``simple_extractor.py``: BGR input, ImageNet mean/std in BGR order, the whole
 image affinely fitted (aspect kept, zero border) into 473x473, the fusion
 branch's logits upsampled (bilinear, corners aligned), warped back to the image
@@ -207,7 +207,7 @@ class SCHPParser(nn.Module):
 _NORM_FIELDS = ("weight", "bias", "running_mean", "running_var")
 
 
-def upstream_names(config: ParserConfig | None = None) -> dict[str, str]:
+def upstream_parser_names(config: ParserConfig | None = None) -> dict[str, str]:
     """Own state-dict key -> key in the authors' checkpoint (without DataParallel's ``module.``), for every entry."""
     cfg = config or ParserConfig()
     names: dict[str, str] = {}
@@ -264,7 +264,7 @@ def convert_upstream_state_dict(state: Mapping[str, torch.Tensor], config: Parse
     """The authors' state dict (``module.`` prefixes allowed) -> own state dict; every mismatch in one error."""
     cfg = config or ParserConfig()
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    names = upstream_names(cfg)
+    names = upstream_parser_names(cfg)
     with torch.device("meta"):  # shapes only
         reference = SCHPParser(cfg).state_dict()
     missing = sorted(up for up in names.values() if up not in state)
