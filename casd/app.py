@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -331,99 +332,21 @@ class Studio:
 
 # --------------------------------------------------------------------------- the page
 
-_EDITOR_TEMPLATE = """
-<div class="pose-editor">
-  <canvas width="${value ? value.width : 0}" height="${value ? value.height : 0}"></canvas>
-  <div class="hint">drag a joint &middot; double-click a joint to hide it (missing)</div>
-</div>
-"""
 
-_EDITOR_CSS = """
-.pose-editor canvas { touch-action: none; cursor: crosshair; background: #111; max-width: 100%; }
-.pose-editor .hint { font-size: 12px; opacity: 0.7; }
-"""
 
-# ``element``, ``props``, ``watch`` are given by gr.HTML; the value is committed (and sent) on release.
-_EDITOR_JS = """
-const LIMBS = __LIMBS__;
-const COLOURS = __COLOURS__;
-const RADIUS = 7;
-let dragging = -1;
-let pending = null;
-const canvas = () => element.querySelector('canvas');
-const current = () => pending || props.value;
-function draw() {
-  const c = canvas(); const v = current();
-  if (!c || !v || !v.points) return;
-  if (c.width !== v.width) { c.width = v.width; c.height = v.height; }
-  const ctx = c.getContext('2d');
-  ctx.fillStyle = '#111'; ctx.fillRect(0, 0, c.width, c.height);
-  ctx.lineWidth = 4;
-  LIMBS.forEach(([a, b], i) => {
-    if (v.hidden[a] || v.hidden[b]) return;
-    ctx.strokeStyle = COLOURS[i]; ctx.beginPath();
-    ctx.moveTo(v.points[a][0], v.points[a][1]); ctx.lineTo(v.points[b][0], v.points[b][1]); ctx.stroke();
-  });
-  v.points.forEach(([x, y], j) => {
-    if (v.hidden[j]) return;
-    ctx.beginPath(); ctx.arc(x, y, j === dragging ? RADIUS + 2 : RADIUS, 0, 2 * Math.PI);
-    ctx.fillStyle = '#fff'; ctx.fill(); ctx.strokeStyle = '#000'; ctx.lineWidth = 1.5; ctx.stroke(); ctx.lineWidth = 4;
-  });
-}
-function position(ev) {
-  const c = canvas(); const r = c.getBoundingClientRect();
-  return [(ev.clientX - r.left) * c.width / r.width, (ev.clientY - r.top) * c.height / r.height];
-}
-function pick(ev) {
-  const v = current(); if (!v || !v.points) return -1;
-  const [x, y] = position(ev); let best = -1; let bestDistance = 2.5 * RADIUS;
-  v.points.forEach(([px, py], j) => {
-    const d = Math.hypot(px - x, py - y);
-    if (!v.hidden[j] && d < bestDistance) { best = j; bestDistance = d; }
-  });
-  return best;
-}
-function copy(v) {
-  return {width: v.width, height: v.height, points: v.points.map(p => p.slice()), hidden: v.hidden.slice()};
-}
-element.addEventListener('pointerdown', ev => {
-  if (ev.target.tagName !== 'CANVAS') return;
-  dragging = pick(ev);
-  if (dragging < 0) return;
-  ev.target.setPointerCapture(ev.pointerId); ev.preventDefault();
-  pending = copy(props.value); draw();
-});
-element.addEventListener('pointermove', ev => {
-  if (dragging < 0) return;
-  const c = canvas(); const [x, y] = position(ev);
-  pending.points[dragging] = [Math.min(Math.max(x, 0), c.width - 0.01), Math.min(Math.max(y, 0), c.height - 0.01)];
-  draw();
-});
-function release() {
-  if (dragging < 0) return;
-  const committed = pending; dragging = -1; pending = null;
-  props.value = committed; draw();
-}
-element.addEventListener('pointerup', release);
-element.addEventListener('pointercancel', release);
-element.addEventListener('dblclick', ev => {
-  const j = pick(ev); if (j < 0) return;
-  const v = copy(props.value); v.hidden[j] = true; props.value = v; draw();
-});
-watch('value', draw);
-draw();
-"""
 
-_PAGE_CSS = """
-.pixelated img { image-rendering: pixelated; image-rendering: crisp-edges; }
-.pixelated img, .pixelated .image-frame img { object-fit: contain; }
-#status .error { color: #b00020; font-weight: 600; }
-"""
+
+
+STATIC = Path(__file__).with_name("app_static")  # the page's HTML, CSS and JavaScript
+
+
+def _static(name: str) -> str:
+    return (STATIC / name).read_text(encoding="utf-8")
 
 
 def _editor_js() -> str:
     colours = [f"rgb({r},{g},{b})" for r, g, b in visuals.LIMB_COLOURS.tolist()]
-    return _EDITOR_JS.replace("__LIMBS__", json.dumps([list(limb) for limb in LIMBS])) \
+    return _static("pose_editor.js").replace("__LIMBS__", json.dumps([list(limb) for limb in LIMBS])) \
                      .replace("__COLOURS__", json.dumps(colours))
 
 
@@ -440,208 +363,241 @@ def build_ui(studio: Studio, *, params: str | None = None):
     except ImportError:
         raise CasdError("casd app needs gradio: pip install -e '.[app]'") from None
 
-    h, w = studio.image_size
     out_dir = Path(tempfile.mkdtemp(prefix="casd-app-"))  # results the page serves; gone when the process ends
     atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-    own = ("(the source's own)", "")
+    handlers = _Handlers(gr, studio, out_dir, params)
+    with gr.Blocks(title="casd app", analytics_enabled=False) as page:
+        _connect(gr, _widgets(gr, studio, handlers), handlers)
+    return page
+
+
+_OWN_STYLE = ("(the source's own)", "")   # the donor / mix choice that keeps the source's tokens
+
+
+class _Handlers:
+    """What the page does on each event: returns component updates; a CasdError becomes a message."""
+
+    def __init__(self, gr, studio: Studio, out_dir: Path, params: str | None):
+        self.gr, self.studio, self.out_dir, self.params = gr, studio, out_dir, params
 
     # The page stays small whatever the dataset: the gallery shows one page of the search, and a name box
     # lists a few names until the user types, then the server's matches (names outside the list are accepted
     # and checked when used).
-    def gallery_page(query: str, page: int) -> tuple[Any, list[str], int, str]:
-        found = studio.search(query)
+    def gallery_page(self, query: str, page: int) -> tuple[Any, list[str], int, str]:
+        found = self.studio.search(query)
         pages = max(1, math.ceil(len(found) / GALLERY_PAGE))
         page = min(max(0, page), pages - 1)
         names = found[page * GALLERY_PAGE:(page + 1) * GALLERY_PAGE]
-        items = [(str(studio.images[n]), f"{flat_stem(n)}  {flat_category(n)}".strip()) for n in names]
+        items = [(str(self.studio.images[n]), f"{flat_stem(n)}  {flat_category(n)}".strip()) for n in names]
         return items, names, page, f"{len(found)} people · page {page + 1} of {pages}"
 
-    def name_choices(typed: str = "", poses: bool = False, donor: bool = False) -> list:
-        names = studio.search(typed, poses)[:NAME_CHOICES]
-        return [own, *[(n, n) for n in names]] if donor else names
+    def name_choices(self, typed: str = "", poses: bool = False, donor: bool = False) -> list:
+        names = self.studio.search(typed, poses)[:NAME_CHOICES]
+        return [_OWN_STYLE, *[(n, n) for n in names]] if donor else names
 
-    first_items, first_names, _, first_label = gallery_page("", 0)
-    roles = ["source", "target pose", "mix partner"] + [f"donor: {r}" for r in REGION_NAMES]
+    def choice(self, source_key, editor_value, *rest) -> Choice | None:
+        donors_values, (mix_key, alpha_value, regions_value) = rest[:NUM_REGIONS], rest[NUM_REGIONS:]
+        if not source_key or not editor_value:
+            return None
+        donors = {region: d for region, d in zip(REGION_NAMES, donors_values) if d}
+        return Choice(source=source_key, keypoints=editor_to_keypoints(editor_value, self.studio.image_size),
+                      donors=donors, mix=mix_key or None, alpha=float(alpha_value),
+                      mix_regions=list(regions_value) or None)
 
-    with gr.Blocks(title="casd app", analytics_enabled=False) as page:
-        gr.Markdown(f"### CASD: pose transfer, try-on, head swap, style mixing  \n"
-                    f"checkpoint `{studio.checkpoint}` · image size {h}x{w} · {len(studio.names)} prepared people")
-        with gr.Row():
-            with gr.Column(scale=3):
-                with gr.Row():
-                    search = gr.Textbox(label="Search by name or category", placeholder="e.g. WOMEN Dresses",
-                                        elem_id="search", scale=2)
-                    role = gr.Dropdown(roles, value="source", label="A click on a picture sets", elem_id="role",
-                                       scale=1)
-                gallery = gr.Gallery(value=first_items, columns=10, height=260, allow_preview=False, fit_columns=False,
-                                     object_fit="contain", label="Prepared people", elem_id="gallery",
-                                     elem_classes=["pixelated"])
-                with gr.Row():
-                    previous_page = gr.Button("Previous", elem_id="previous-page", size="sm")
-                    page_label = gr.Markdown(first_label, elem_id="page-label")
-                    next_page = gr.Button("Next", elem_id="next-page", size="sm")
-                shown_names, page_number = gr.State(first_names), gr.State(0)
-            with gr.Column(scale=2):
-                source = gr.Dropdown(name_choices(), value=None, label="Source person", elem_id="source",
-                                     allow_custom_value=True, filterable=True)
-                target = gr.Dropdown(name_choices(poses=True), value=None, label="Target pose from",
-                                     elem_id="target", allow_custom_value=True, filterable=True)
-                with gr.Accordion("Upload a person (image + parsing PNG)", open=False,
-                                  elem_id="upload"):
-                    upload_image = gr.File(label="Image", elem_id="upload-image")
-                    upload_parsing = gr.File(label="Parsing PNG: merged region ids 0..7, same size",
-                                             elem_id="upload-parsing")
-                    use_upload = gr.Button("Use the upload as source", elem_id="use-upload")
-        with gr.Row():
-            with gr.Column(scale=2, min_width=300):
-                editor = gr.HTML(value=None, html_template=_EDITOR_TEMPLATE, css_template=_EDITOR_CSS,
-                                 js_on_load=_editor_js(), label="Target pose", elem_id="pose-editor")
-                with gr.Row():
-                    reset = gr.Button("Reset pose", elem_id="reset", size="sm")
-                    mirror = gr.Button("Mirror", elem_id="mirror", size="sm")
-                hidden = gr.CheckboxGroup(list(KEYPOINT_NAMES), label="Missing joints (check to hide)",
-                                          elem_id="hidden")
-            with gr.Column(scale=3):
-                with gr.Accordion("Donors per region (try-on: upper_clothes, pants; head swap: hair + face)",
-                                  open=True):
-                    with gr.Row():
-                        donor_boxes = [gr.Dropdown(name_choices(donor=True), value="", label=region,
-                                                   filterable=True, allow_custom_value=True,
-                                                   elem_id=f"donor-{region}", min_width=140)
-                                       for region in REGION_NAMES]
-                with gr.Row():
-                    mix = gr.Dropdown(name_choices(donor=True), value="", label="Mix with", elem_id="mix",
-                                      filterable=True, allow_custom_value=True)
-                    alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mix amount (0 = source)",
-                                      elem_id="alpha")
-                    mix_regions = gr.CheckboxGroup(list(REGION_NAMES), label="Mix only these regions (none: all)",
-                                                   elem_id="mix-regions")
-                generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                status = gr.HTML(_status("choose a source person and a target pose"), elem_id="status")
-        with gr.Row(equal_height=True):
-            picture = dict(type="numpy", format="png", interactive=False, elem_classes=["pixelated"],
-                           height=max(256, 4 * h), buttons=["download"])
-            show_source = gr.Image(label="source", elem_id="show-source", **picture)
-            show_pose = gr.Image(label="target pose", elem_id="show-pose", **picture)
-            show_donors = gr.Image(label="donors", elem_id="show-donors", **picture)
-            show_result = gr.Image(label="result", elem_id="result", **picture)
-            show_parsing = gr.Image(label="predicted target parsing", elem_id="show-parsing", **picture)
-        with gr.Row():
-            downloads = gr.File(label="Download: result, strip, pose JSON", file_count="multiple",
-                                elem_id="downloads", interactive=False)
-            command = gr.Textbox(label="The same with casd generate", elem_id="command", lines=2,
-                                 buttons=["copy"], interactive=False)
+    def render(self, source_key, target_name, editor_value, *rest):
+        nothing = (self.gr.skip(),) * 7
+        try:
+            choice = self.choice(source_key, editor_value, *rest)
+            if choice is None:
+                return (*nothing, _status("choose a source person and a target pose"))
+            shown = self.studio.respond(choice, target_name, self.out_dir, self.params)
+            panels = shown.panels
+            message = f"rendered #{shown.number} in {shown.rendered.seconds * 1000:.0f} ms (model)"
+            return (panels["source"], panels["pose"], panels["donors"], panels["result"], panels["parsing"],
+                    [str(f) for f in shown.files], shown.command, _status(message))
+        except CasdError as e:
+            return (*nothing, _status(f"error: {e}", error=True))
 
-        # ---- handlers (each returns updates; a CasdError becomes a message in the page)
+    def search(self, query, page=0):
+        items, names, page, label = self.gallery_page(query or "", page)
+        return self.gr.update(value=items), names, page, label
 
-        def choice_from(source_key, editor_value, *rest) -> Choice | None:
-            donors_values, (mix_key, alpha_value, regions_value) = rest[:NUM_REGIONS], rest[NUM_REGIONS:]
-            if not source_key or not editor_value:
-                return None
-            donors = {region: d for region, d in zip(REGION_NAMES, donors_values) if d}
-            return Choice(source=source_key, keypoints=editor_to_keypoints(editor_value, studio.image_size),
-                          donors=donors, mix=mix_key or None, alpha=float(alpha_value),
-                          mix_regions=list(regions_value) or None)
+    def typed_in(self, poses: bool = False, donor: bool = False):
+        def on_key(key: self.gr.KeyUpData):
+            return self.gr.update(choices=self.name_choices(key.input_value or "", poses, donor))
+        return on_key
 
-        def on_render(source_key, target_name, editor_value, *rest):
-            nothing = (gr.skip(),) * 7
-            try:
-                choice = choice_from(source_key, editor_value, *rest)
-                if choice is None:
-                    return (*nothing, _status("choose a source person and a target pose"))
-                shown = studio.respond(choice, target_name, out_dir, params)
-                panels = shown.panels
-                message = f"rendered #{shown.number} in {shown.rendered.seconds * 1000:.0f} ms (model)"
-                return (panels["source"], panels["pose"], panels["donors"], panels["result"], panels["parsing"],
-                        [str(f) for f in shown.files], shown.command, _status(message))
-            except CasdError as e:
-                return (*nothing, _status(f"error: {e}", error=True))
-
-        render_inputs = [source, target, editor, *donor_boxes, mix, alpha, mix_regions]
-        render_outputs = [show_source, show_pose, show_donors, show_result, show_parsing, downloads, command,
-                          status]
-
-        def on_search(query, page=0):
-            items, names, page, label = gallery_page(query or "", page)
-            return gr.update(value=items), names, page, label
-
-        def typed_in(poses: bool = False, donor: bool = False):
-            def on_key(key: gr.KeyUpData):
-                return gr.update(choices=name_choices(key.input_value or "", poses, donor))
-            return on_key
-
-        def on_pick(role_value, names, evt: gr.SelectData):
-            name = names[evt.index] if evt.index is not None and evt.index < len(names) else None
-            updates = [gr.skip()] * (3 + NUM_REGIONS)
-            if name is None:
-                return updates
-            if role_value == "source":
-                updates[0] = name
-            elif role_value == "target pose":
-                updates[1] = name if name in studio.pose_names else gr.skip()
-            elif role_value == "mix partner":
-                updates[2] = name
-            else:
-                updates[3 + REGION_NAMES.index(role_value.split(": ", 1)[1])] = name
+    def pick(self, role_value, names, evt: Any):
+        """A click on the gallery: the picture's name goes into the box the role names."""
+        name = names[evt.index] if evt.index is not None and evt.index < len(names) else None
+        updates = [self.gr.skip()] * (3 + NUM_REGIONS)
+        if name is None:
             return updates
+        if role_value == "source":
+            updates[0] = name
+        elif role_value == "target pose":
+            updates[1] = name if name in self.studio.pose_names else self.gr.skip()
+        elif role_value == "mix partner":
+            updates[2] = name
+        else:
+            updates[3 + REGION_NAMES.index(role_value.split(": ", 1)[1])] = name
+        return updates
 
-        def on_target(target_name):
-            if not target_name or not studio.has_pose(target_name):
-                return gr.skip(), gr.skip()
-            kp = studio.keypoints(target_name)
-            return keypoints_to_editor(kp, studio.image_size), hidden_names(kp)
+    def target(self, target_name):
+        if not target_name or not self.studio.has_pose(target_name):
+            return self.gr.skip(), self.gr.skip()
+        kp = self.studio.keypoints(target_name)
+        return keypoints_to_editor(kp, self.studio.image_size), hidden_names(kp)
 
-        def on_mirror(editor_value):
-            if not editor_value:
-                return gr.skip(), gr.skip()
-            kp = mirror_keypoints(editor_to_keypoints(editor_value, studio.image_size), w)
-            return keypoints_to_editor(kp, studio.image_size), hidden_names(kp)
+    def mirror(self, editor_value):
+        if not editor_value:
+            return self.gr.skip(), self.gr.skip()
+        size = self.studio.image_size
+        kp = mirror_keypoints(editor_to_keypoints(editor_value, size), size[1])
+        return keypoints_to_editor(kp, size), hidden_names(kp)
 
-        def on_hidden(editor_value, names):
-            if not editor_value:
-                return gr.skip()
-            value = dict(editor_value)
-            value["hidden"] = [name in names for name in KEYPOINT_NAMES]
-            return value
+    def hidden(self, editor_value, names):
+        if not editor_value:
+            return self.gr.skip()
+        return {**editor_value, "hidden": [name in names for name in KEYPOINT_NAMES]}
 
-        def on_editor(editor_value):
-            if not editor_value:
-                return gr.skip()
-            return [n for n, hide in zip(KEYPOINT_NAMES, editor_value.get("hidden", [])) if hide]
+    def edited(self, editor_value):
+        if not editor_value:
+            return self.gr.skip()
+        return [n for n, hide in zip(KEYPOINT_NAMES, editor_value.get("hidden", [])) if hide]
 
-        def on_upload(image_file, parsing_file):
-            """The uploaded person becomes the source, and a choice for donors and mixing."""
-            try:
-                if image_file is None or parsing_file is None:
-                    raise CasdError("upload both the image and its parsing PNG first")
-                key = studio.add_upload(image_file, parsing_file)
-            except CasdError as e:
-                return (*[gr.skip()] * (2 + NUM_REGIONS), _status(f"error: {e}", error=True))
-            uploads = studio.uploaded_keys()
-            others = gr.update(choices=[*name_choices(donor=True), *[(k, k) for k in uploads]])
-            return (gr.update(choices=[*name_choices(), *uploads], value=key), *[others] * (1 + NUM_REGIONS),
-                    _status(f"uploaded {key}"))
+    def upload(self, image_file, parsing_file):
+        """The uploaded person becomes the source, and a choice for donors and mixing."""
+        gr = self.gr
+        try:
+            if image_file is None or parsing_file is None:
+                raise CasdError("upload both the image and its parsing PNG first")
+            key = self.studio.add_upload(image_file, parsing_file)
+        except CasdError as e:
+            return (*[gr.skip()] * (2 + NUM_REGIONS), _status(f"error: {e}", error=True))
+        uploads = self.studio.uploaded_keys()
+        others = gr.update(choices=[*self.name_choices(donor=True), *[(k, k) for k in uploads]])
+        return (gr.update(choices=[*self.name_choices(), *uploads], value=key), *[others] * (1 + NUM_REGIONS),
+                _status(f"uploaded {key}"))
 
-        gallery_outputs = [gallery, shown_names, page_number, page_label]
-        search.change(on_search, search, gallery_outputs, trigger_mode="always_last")
-        previous_page.click(lambda q, n: on_search(q, n - 1), [search, page_number], gallery_outputs)
-        next_page.click(lambda q, n: on_search(q, n + 1), [search, page_number], gallery_outputs)
-        source.key_up(typed_in(), None, source, trigger_mode="always_last")
-        target.key_up(typed_in(poses=True), None, target, trigger_mode="always_last")
-        for box in (*donor_boxes, mix):
-            box.key_up(typed_in(donor=True), None, box, trigger_mode="always_last")
-        gallery.select(on_pick, [role, shown_names], [source, target, mix, *donor_boxes])
-        target.change(on_target, target, [editor, hidden])
-        reset.click(on_target, target, [editor, hidden])
-        mirror.click(on_mirror, editor, [editor, hidden])
-        hidden.input(on_hidden, [editor, hidden], editor)
-        editor.change(on_editor, editor, hidden).then(on_render, render_inputs, render_outputs)
-        generate.click(on_render, render_inputs, render_outputs)
-        for box in (source, *donor_boxes, mix, mix_regions):
-            box.change(on_render, render_inputs, render_outputs)
-        alpha.release(on_render, render_inputs, render_outputs)
-        use_upload.click(on_upload, [upload_image, upload_parsing], [source, mix, *donor_boxes, status])
-    return page
+
+def _widgets(gr, studio: Studio, handlers: _Handlers) -> SimpleNamespace:
+    """The page's components, top to bottom (inside ``gr.Blocks``); returned by name for :func:`_connect`."""
+    h, w = studio.image_size
+    ui = SimpleNamespace()
+    first_items, first_names, _, first_label = handlers.gallery_page("", 0)
+    roles = ["source", "target pose", "mix partner"] + [f"donor: {r}" for r in REGION_NAMES]
+    gr.Markdown(f"### CASD: pose transfer, try-on, head swap, style mixing  \n"
+                f"checkpoint `{studio.checkpoint}` · image size {h}x{w} · {len(studio.names)} prepared people")
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                ui.search = gr.Textbox(label="Search by name or category", placeholder="e.g. WOMEN Dresses",
+                                       elem_id="search", scale=2)
+                ui.role = gr.Dropdown(roles, value="source", label="A click on a picture sets", elem_id="role",
+                                      scale=1)
+            ui.gallery = gr.Gallery(value=first_items, columns=10, height=260, allow_preview=False,
+                                    fit_columns=False, object_fit="contain", label="Prepared people",
+                                    elem_id="gallery", elem_classes=["pixelated"])
+            with gr.Row():
+                ui.previous_page = gr.Button("Previous", elem_id="previous-page", size="sm")
+                ui.page_label = gr.Markdown(first_label, elem_id="page-label")
+                ui.next_page = gr.Button("Next", elem_id="next-page", size="sm")
+            ui.shown_names, ui.page_number = gr.State(first_names), gr.State(0)
+        with gr.Column(scale=2):
+            ui.source = gr.Dropdown(handlers.name_choices(), value=None, label="Source person", elem_id="source",
+                                    allow_custom_value=True, filterable=True)
+            ui.target = gr.Dropdown(handlers.name_choices(poses=True), value=None, label="Target pose from",
+                                    elem_id="target", allow_custom_value=True, filterable=True)
+            with gr.Accordion("Upload a person (image + parsing PNG)", open=False, elem_id="upload"):
+                ui.upload_image = gr.File(label="Image", elem_id="upload-image")
+                ui.upload_parsing = gr.File(label="Parsing PNG: merged region ids 0..7, same size",
+                                            elem_id="upload-parsing")
+                ui.use_upload = gr.Button("Use the upload as source", elem_id="use-upload")
+    with gr.Row():
+        _pose_widgets(gr, ui)
+        _style_widgets(gr, ui, handlers)
+    _result_widgets(gr, ui, h)
+    return ui
+
+
+def _pose_widgets(gr, ui: SimpleNamespace) -> None:
+    """The target-pose editor (a canvas of draggable joints) and its buttons."""
+    with gr.Column(scale=2, min_width=300):
+        ui.editor = gr.HTML(value=None, html_template=_static("pose_editor.html"),
+                            css_template=_static("pose_editor.css"), js_on_load=_editor_js(), label="Target pose",
+                            elem_id="pose-editor")
+        with gr.Row():
+            ui.reset = gr.Button("Reset pose", elem_id="reset", size="sm")
+            ui.mirror = gr.Button("Mirror", elem_id="mirror", size="sm")
+        ui.hidden = gr.CheckboxGroup(list(KEYPOINT_NAMES), label="Missing joints (check to hide)", elem_id="hidden")
+
+
+def _style_widgets(gr, ui: SimpleNamespace, handlers: _Handlers) -> None:
+    """Donors per region, the mix partner, and the Generate button with its status line."""
+    with gr.Column(scale=3):
+        with gr.Accordion("Donors per region (try-on: upper_clothes, pants; head swap: hair + face)", open=True):
+            with gr.Row():
+                ui.donor_boxes = [gr.Dropdown(handlers.name_choices(donor=True), value="", label=region,
+                                              filterable=True, allow_custom_value=True, elem_id=f"donor-{region}",
+                                              min_width=140)
+                                  for region in REGION_NAMES]
+        with gr.Row():
+            ui.mix = gr.Dropdown(handlers.name_choices(donor=True), value="", label="Mix with", elem_id="mix",
+                                 filterable=True, allow_custom_value=True)
+            ui.alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mix amount (0 = source)", elem_id="alpha")
+            ui.mix_regions = gr.CheckboxGroup(list(REGION_NAMES), label="Mix only these regions (none: all)",
+                                              elem_id="mix-regions")
+        ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+        ui.status = gr.HTML(_status("choose a source person and a target pose"), elem_id="status")
+
+
+def _result_widgets(gr, ui: SimpleNamespace, height: int) -> None:
+    """The five panels of a result, its downloads and the equivalent ``casd generate`` command."""
+    with gr.Row(equal_height=True):
+        picture = dict(type="numpy", format="png", interactive=False, elem_classes=["pixelated"],
+                       height=max(256, 4 * height), buttons=["download"])
+        ui.show_source = gr.Image(label="source", elem_id="show-source", **picture)
+        ui.show_pose = gr.Image(label="target pose", elem_id="show-pose", **picture)
+        ui.show_donors = gr.Image(label="donors", elem_id="show-donors", **picture)
+        ui.show_result = gr.Image(label="result", elem_id="result", **picture)
+        ui.show_parsing = gr.Image(label="predicted target parsing", elem_id="show-parsing", **picture)
+    with gr.Row():
+        ui.downloads = gr.File(label="Download: result, strip, pose JSON", file_count="multiple",
+                               elem_id="downloads", interactive=False)
+        ui.command = gr.Textbox(label="The same with casd generate", elem_id="command", lines=2,
+                                buttons=["copy"], interactive=False)
+
+
+def _connect(gr, ui: SimpleNamespace, on: _Handlers) -> None:
+    """Events -> handlers: every change of a choice re-renders; typing in a name box asks the server."""
+    render_inputs = [ui.source, ui.target, ui.editor, *ui.donor_boxes, ui.mix, ui.alpha, ui.mix_regions]
+    render_outputs = [ui.show_source, ui.show_pose, ui.show_donors, ui.show_result, ui.show_parsing, ui.downloads,
+                      ui.command, ui.status]
+    gallery_outputs = [ui.gallery, ui.shown_names, ui.page_number, ui.page_label]
+    ui.search.change(on.search, ui.search, gallery_outputs, trigger_mode="always_last")
+    ui.previous_page.click(lambda q, n: on.search(q, n - 1), [ui.search, ui.page_number], gallery_outputs)
+    ui.next_page.click(lambda q, n: on.search(q, n + 1), [ui.search, ui.page_number], gallery_outputs)
+    ui.source.key_up(on.typed_in(), None, ui.source, trigger_mode="always_last")
+    ui.target.key_up(on.typed_in(poses=True), None, ui.target, trigger_mode="always_last")
+    for box in (*ui.donor_boxes, ui.mix):
+        box.key_up(on.typed_in(donor=True), None, box, trigger_mode="always_last")
+
+    def pick(role_value, names, evt: gr.SelectData):  # gradio finds the event by this annotation
+        return on.pick(role_value, names, evt)
+
+    ui.gallery.select(pick, [ui.role, ui.shown_names], [ui.source, ui.target, ui.mix, *ui.donor_boxes])
+    ui.target.change(on.target, ui.target, [ui.editor, ui.hidden])
+    ui.reset.click(on.target, ui.target, [ui.editor, ui.hidden])
+    ui.mirror.click(on.mirror, ui.editor, [ui.editor, ui.hidden])
+    ui.hidden.input(on.hidden, [ui.editor, ui.hidden], ui.editor)
+    ui.editor.change(on.edited, ui.editor, ui.hidden).then(on.render, render_inputs, render_outputs)
+    ui.generate.click(on.render, render_inputs, render_outputs)
+    for box in (ui.source, *ui.donor_boxes, ui.mix, ui.mix_regions):
+        box.change(on.render, render_inputs, render_outputs)
+    ui.alpha.release(on.render, render_inputs, render_outputs)
+    ui.use_upload.click(on.upload, [ui.upload_image, ui.upload_parsing], [ui.source, ui.mix, *ui.donor_boxes,
+                                                                         ui.status])
 
 
 def hidden_names(keypoints: np.ndarray) -> list[str]:
@@ -669,7 +625,7 @@ def launch(studio: Studio, host: str = "127.0.0.1", port: int | None = None, *, 
     """Build and serve the page; returns the ``gr.Blocks`` (serving in the background when ``block`` is False)."""
     page = build_ui(studio, params=params)
     page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
-                inbrowser=False, quiet=not block, show_error=True, theme=page_theme(), css=_PAGE_CSS,
+                inbrowser=False, quiet=not block, show_error=True, theme=page_theme(), css=_static("page.css"),
                 allowed_paths=sorted({str(p.parent.resolve()) for p in studio.images.values()}), ssr_mode=False,
                 footer_links=[], run_history=False)
     return page
