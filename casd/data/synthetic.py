@@ -258,38 +258,71 @@ def _lerp(p, q, t: float) -> np.ndarray:
 
 def draw_labels(figure: Figure, person: Identity, size: tuple[int, int]) -> np.ndarray:
     """LIP-20 label map (H, W) uint8 of the figure, drawn far to near."""
-    canvas = _Canvas(size)
-    s, jt, dp = figure.scale, figure.joints, figure.depth
-    cos, sin = math.cos(figure.yaw), math.sin(figure.yaw)
-    facing = cos  # 1 facing the camera, -1 showing the back
+    return _LabelPainter(figure, person, size).paint()
 
-    def half_width(lateral: float, thickness: float) -> float:
-        # Projected half width of an elliptic cross-section turned by the view angle.
-        return s * math.hypot(lateral * cos, thickness * sin)
 
-    neck, r_sho, l_sho, r_hip, l_hip = jt[1], jt[2], jt[5], jt[8], jt[11]
-    mid_sho, mid_hip = (r_sho + l_sho) / 2, (r_hip + l_hip) / 2
-    shoulder_w = half_width(0.112 * person.build, 0.06)
-    hip_w = half_width(0.078 / person.build ** 0.5, 0.06)
-    waist = _lerp(mid_sho, mid_hip, 0.65)
-    waist_w = 0.85 * min(shoulder_w, hip_w) + 0.15 * max(shoulder_w, hip_w)
-    upper_label = {"dress": DRESS, "coat": COAT, "jumpsuit": JUMPSUIT}.get(person.upper, UPPER)
-    lower_label = {"skirt": SKIRT, "dress": DRESS, "jumpsuit": JUMPSUIT}.get(
-        person.lower if person.upper not in ("dress", "jumpsuit") else person.upper, PANTS)
-    if person.upper == "dress":
-        lower_label = DRESS
+class _LabelPainter:
+    """The body parts of one figure as LIP labels on a canvas; the shared geometry is computed once."""
 
-    back_hair = person.hair_style == "long"
-    back_hair_depth = 0.05 * cos * -1  # the hair hangs behind the head: towards the camera in a back view
+    def __init__(self, figure: Figure, person: Identity, size: tuple[int, int]):
+        self.canvas = _Canvas(size)
+        self.figure, self.person = figure, person
+        self.s, self.jt = figure.scale, figure.joints
+        self.cos, self.sin = math.cos(figure.yaw), math.sin(figure.yaw)
+        self.facing = self.cos  # 1 facing the camera, -1 showing the back
+        jt = self.jt
+        self.neck, self.r_sho, self.l_sho, r_hip, l_hip = jt[1], jt[2], jt[5], jt[8], jt[11]
+        self.mid_sho, self.mid_hip = (self.r_sho + self.l_sho) / 2, (r_hip + l_hip) / 2
+        self.shoulder_w = self.half_width(0.112 * person.build, 0.06)
+        self.hip_w = self.half_width(0.078 / person.build ** 0.5, 0.06)
+        self.waist = _lerp(self.mid_sho, self.mid_hip, 0.65)
+        self.waist_w = 0.85 * min(self.shoulder_w, self.hip_w) + 0.15 * max(self.shoulder_w, self.hip_w)
+        self.upper_label = {"dress": DRESS, "coat": COAT, "jumpsuit": JUMPSUIT}.get(person.upper, UPPER)
+        self.lower_label = {"skirt": SKIRT, "dress": DRESS, "jumpsuit": JUMPSUIT}.get(
+            person.lower if person.upper not in ("dress", "jumpsuit") else person.upper, PANTS)
+        if person.upper == "dress":
+            self.lower_label = DRESS
+        # The skirt length is a property of the drawing, fixed per identity.
+        self.skirt_length = 0.55 + 0.4 * ((person.index * 7919) % 100) / 100
 
-    def draw_back_hair() -> None:
-        head = figure.head
-        bottom = _lerp(neck, mid_hip, 0.3)
+    def half_width(self, lateral: float, thickness: float) -> float:
+        """Projected half width of an elliptic cross-section turned by the view angle."""
+        return self.s * math.hypot(lateral * self.cos, thickness * self.sin)
+
+    def paint(self) -> np.ndarray:
+        """Far to near: hair behind the head, legs, far arms, torso, near arms, head."""
+        dp = self.figure.depth
+        back_hair = self.person.hair_style == "long"
+        back_hair_depth = 0.05 * self.cos * -1  # the hair hangs behind the head: towards the camera in a back view
+        if back_hair and back_hair_depth < 0:
+            self.back_hair()
+        legs = [(dp[[8, 9, 10]].mean(), (8, 9, 10, R_LEG, R_SHOE)),
+                (dp[[11, 12, 13]].mean(), (11, 12, 13, L_LEG, L_SHOE))]
+        for _, args in sorted(legs, key=lambda t: t[0]):
+            self.leg(*args)
+        arms = [(dp[[3, 4]].mean(), (2, 3, 4, R_ARM)), (dp[[6, 7]].mean(), (5, 6, 7, L_ARM))]
+        arms.sort(key=lambda t: t[0])
+        for depth, args in arms:
+            if depth < -0.03:
+                self.arm(*args)
+        self.torso()
+        for depth, args in arms:
+            if depth >= -0.03:
+                self.arm(*args)
+        if back_hair and back_hair_depth >= 0:
+            self.back_hair()
+        self.head()
+        return np.asarray(self.canvas.image, dtype=np.uint8)
+
+    def back_hair(self) -> None:
+        head, s = self.figure.head, self.s
+        bottom = _lerp(self.neck, self.mid_hip, 0.3)
         width = s * 0.054
-        canvas.polygon([head + (0, -width), head + (0, width), bottom + (0, width * 0.9), bottom + (0, -width * 0.9)],
-                       HAIR)
+        self.canvas.polygon([head + (0, -width), head + (0, width), bottom + (0, width * 0.9),
+                             bottom + (0, -width * 0.9)], HAIR)
 
-    def draw_leg(hip: int, knee: int, ankle: int, skin: int, shoe: int) -> None:
+    def leg(self, hip: int, knee: int, ankle: int, skin: int, shoe: int) -> None:
+        canvas, jt, s, person, lower_label = self.canvas, self.jt, self.s, self.person, self.lower_label
         thigh, shin = s * 0.05, s * 0.036
         canvas.capsule(jt[hip], jt[knee], thigh, s * 0.04, skin)
         canvas.capsule(jt[knee], jt[ankle], s * 0.04, shin, skin)
@@ -299,54 +332,61 @@ def draw_labels(figure: Figure, person: Identity, size: tuple[int, int]) -> np.n
         elif person.lower == "shorts":
             canvas.capsule(jt[hip], _lerp(jt[hip], jt[knee], 0.6), thigh * 1.15, s * 0.048, lower_label)
         # Shoe: an ellipse at the ankle stretched towards where the toes point.
-        toe = jt[ankle] + np.array([s * 0.01, s * 0.05 * sin])
+        toe = jt[ankle] + np.array([s * 0.01, s * 0.05 * self.sin])
         canvas.capsule(jt[ankle] + (s * 0.012, 0), toe + (s * 0.012, 0), s * 0.026, s * 0.022, shoe)
 
-    def draw_arm(sho: int, elb: int, wri: int, skin: int) -> None:
+    def arm(self, sho: int, elb: int, wri: int, skin: int) -> None:
+        canvas, jt, s, upper_label = self.canvas, self.jt, self.s, self.upper_label
         upper_r, fore_r = s * 0.034, s * 0.027
         canvas.capsule(jt[sho], jt[elb], upper_r, s * 0.03, skin)
         canvas.capsule(jt[elb], jt[wri], s * 0.03, fore_r, skin)
         hand = _lerp(jt[elb], jt[wri], 1.18)
         canvas.ellipse(hand, s * 0.03, s * 0.03, skin)
-        sleeve = {"tee": 0.55, "long": 1.0, "coat": 1.0, "dress": 0.3, "jumpsuit": 0.5}.get(person.upper, 0.0)
+        sleeve = {"tee": 0.55, "long": 1.0, "coat": 1.0, "dress": 0.3, "jumpsuit": 0.5}.get(self.person.upper, 0.0)
         if sleeve > 0:
             canvas.capsule(jt[sho], _lerp(jt[sho], jt[elb], min(sleeve, 0.55) / 0.55), upper_r * 1.2,
                            s * 0.036, upper_label)
             if sleeve >= 1.0:
                 canvas.capsule(jt[elb], _lerp(jt[elb], jt[wri], 0.9), s * 0.036, fore_r * 1.2, upper_label)
 
-    def draw_lower_garment() -> None:
+    def lower_garment(self) -> None:
+        jt, s, person, lower_label = self.jt, self.s, self.person, self.lower_label
+        waist, waist_w, mid_hip, hip_w = self.waist, self.waist_w, self.mid_hip, self.hip_w
         if lower_label in (SKIRT, DRESS):
             knee_y = (jt[9][0] + jt[12][0]) / 2
-            length = 0.75 if person.upper == "dress" else skirt_length
+            length = 0.75 if person.upper == "dress" else self.skirt_length
             bottom_y = mid_hip[0] + (knee_y - mid_hip[0]) * length
-            flare = 1.25 + 0.35 * abs(facing)
+            flare = 1.25 + 0.35 * abs(self.facing)
             bottom_x = (jt[9][1] + jt[12][1]) / 2 * 0.5 + mid_hip[1] * 0.5
-            canvas.polygon([waist + (s * 0.02, -waist_w), waist + (s * 0.02, waist_w),
-                            (bottom_y, bottom_x + hip_w * flare), (bottom_y, bottom_x - hip_w * flare)], lower_label)
+            self.canvas.polygon([waist + (s * 0.02, -waist_w), waist + (s * 0.02, waist_w),
+                                 (bottom_y, bottom_x + hip_w * flare), (bottom_y, bottom_x - hip_w * flare)],
+                                lower_label)
         elif person.lower in ("trousers", "shorts") or person.upper == "jumpsuit":
             crotch = mid_hip + (s * 0.06, 0)
-            canvas.polygon([waist + (s * 0.02, -waist_w), waist + (s * 0.02, waist_w), mid_hip + (0, hip_w),
-                            crotch + (0, hip_w * 0.9), crotch + (0, -hip_w * 0.9), mid_hip + (0, -hip_w)],
-                           lower_label)
+            self.canvas.polygon([waist + (s * 0.02, -waist_w), waist + (s * 0.02, waist_w), mid_hip + (0, hip_w),
+                                 crotch + (0, hip_w * 0.9), crotch + (0, -hip_w * 0.9), mid_hip + (0, -hip_w)],
+                                lower_label)
 
-    def draw_torso() -> None:
-        collar = neck + (s * 0.01, 0)
+    def torso(self) -> None:
+        canvas, s, person, upper_label = self.canvas, self.s, self.person, self.upper_label
+        mid_hip, waist, waist_w, hip_w = self.mid_hip, self.waist, self.waist_w, self.hip_w
+        collar = self.neck + (s * 0.01, 0)
         # Neck skin first, the garment then covers its lower end.
-        canvas.capsule(figure.head + (s * 0.03, 0), collar, s * 0.026, s * 0.028, FACE)
-        draw_lower_garment()
-        top_l, top_r = mid_sho + (0, -shoulder_w), mid_sho + (0, shoulder_w)
-        canvas.ellipse(r_sho, s * 0.035, s * 0.035, upper_label)
-        canvas.ellipse(l_sho, s * 0.035, s * 0.035, upper_label)
+        canvas.capsule(self.figure.head + (s * 0.03, 0), collar, s * 0.026, s * 0.028, FACE)
+        self.lower_garment()
+        top_l, top_r = self.mid_sho + (0, -self.shoulder_w), self.mid_sho + (0, self.shoulder_w)
+        canvas.ellipse(self.r_sho, s * 0.035, s * 0.035, upper_label)
+        canvas.ellipse(self.l_sho, s * 0.035, s * 0.035, upper_label)
         hem = 0.1 if person.upper == "coat" else 0.03
         hem_w = hip_w * (1.08 if person.upper == "coat" else 1.0)
         canvas.polygon([collar + (0, -s * 0.028), top_l + (s * 0.006, 0), waist + (0, -waist_w),
                         mid_hip + (s * hem, -hem_w), mid_hip + (s * hem, hem_w), waist + (0, waist_w),
                         top_r + (s * 0.006, 0), collar + (0, s * 0.028)], upper_label)
 
-    def draw_head() -> None:
-        head, r = figure.head, s * 0.052
-        ry = s * 0.064
+    def head(self) -> None:
+        canvas, person, sin, facing = self.canvas, self.person, self.sin, self.facing
+        head, r = self.figure.head, self.s * 0.052
+        ry = self.s * 0.064
         style = person.hair_style
         if style == "bun":
             canvas.ellipse(head + (-ry * 0.85, -r * 0.6 * sin), r * 0.45, r * 0.45, HAIR)
@@ -374,28 +414,6 @@ def draw_labels(figure: Figure, person: Identity, size: tuple[int, int]) -> np.n
             canvas.polygon([hair_centre + (-ry * 0.12, -hair_rx * 1.35), hair_centre + (-ry * 0.12, hair_rx * 1.35),
                             hair_centre + (-ry * 0.02, hair_rx * 1.3), hair_centre + (-ry * 0.02, -hair_rx * 1.3)],
                            HAT)
-
-    # The skirt length is a property of the drawing, fixed per identity.
-    skirt_length = 0.55 + 0.4 * ((person.index * 7919) % 100) / 100
-
-    if back_hair and back_hair_depth < 0:
-        draw_back_hair()
-    legs = [(dp[[8, 9, 10]].mean(), (8, 9, 10, R_LEG, R_SHOE)), (dp[[11, 12, 13]].mean(), (11, 12, 13, L_LEG, L_SHOE))]
-    for _, args in sorted(legs, key=lambda t: t[0]):
-        draw_leg(*args)
-    arms = [(dp[[3, 4]].mean(), (2, 3, 4, R_ARM)), (dp[[6, 7]].mean(), (5, 6, 7, L_ARM))]
-    arms.sort(key=lambda t: t[0])
-    for depth, args in arms:
-        if depth < -0.03:
-            draw_arm(*args)
-    draw_torso()
-    for depth, args in arms:
-        if depth >= -0.03:
-            draw_arm(*args)
-    if back_hair and back_hair_depth >= 0:
-        draw_back_hair()
-    draw_head()
-    return np.asarray(canvas.image, dtype=np.uint8)
 
 
 _UPPER_LUT = np.isin(np.arange(20), (UPPER, DRESS, COAT, JUMPSUIT))
