@@ -456,8 +456,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.compile:
             from casd.train.loop import CompiledOrEager
 
-            wrappers = [m for m in (trainer.g_train, trainer.d_pb_train, trainer.d_pp_train, trainer.d_pb_frozen,
-                                    trainer.d_pp_frozen) if isinstance(m, CompiledOrEager)]
+            handles = trainer.handles
+            wrappers = [m for m in (handles.generator, *handles.discriminators, *handles.frozen_discriminators)
+                        if isinstance(m, CompiledOrEager)]
             for term in trainer.objective.terms.values():
                 holder = getattr(term, "bank", term)
                 runner = getattr(holder, "_run", [None])[0]

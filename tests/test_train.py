@@ -251,7 +251,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, params: dict, data_root: 
     trainer = Trainer(TrainJob.from_params(params), data_root, Outputs.under(out_root))
     trainer.run()
     torch.save({"generator": trainer.nets.generator.state_dict(), "d_pb": trainer.nets.d_pb.state_dict(),
-                "steps": trainer.global_step}, Path(out_root) / f"rank{rank}.pt")
+                "steps": trainer.progress.global_step}, Path(out_root) / f"rank{rank}.pt")
     log.flush()
 
 

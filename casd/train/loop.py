@@ -10,11 +10,13 @@ One iteration::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -90,16 +92,16 @@ def write_loss_csv(path: Path, history: list[dict]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def check_finite(logged: dict[str, float], trainer: "Trainer") -> None:
+def check_finite(logged: dict[str, float], progress: train_state.Progress, checkpoint_dir: Path) -> None:
     """Stop with :class:`NonFiniteLossError` naming the step and the terms when a loss is NaN or infinite."""
     bad = [name for name, v in logged.items() if not math.isfinite(v)]
     if not bad:
         return
-    latest = trainer.out.checkpoint_dir / "latest.pt"
+    latest = checkpoint_dir / "latest.pt"
     where = f"the last good checkpoint {latest} is kept" if latest.is_file() else "no checkpoint was written yet"
     raise NonFiniteLossError(
-        f"non-finite loss at step {trainer.global_step + 1} (epoch {trainer.epoch + 1}, batch "
-        f"{trainer.step_in_epoch + 1}): " + ", ".join(f"{n} = {logged[n]}" for n in bad)
+        f"non-finite loss at step {progress.global_step + 1} (epoch {progress.epoch + 1}, batch "
+        f"{progress.step_in_epoch + 1}): " + ", ".join(f"{n} = {logged[n]}" for n in bad)
         + f"; training stopped, {where}. Try a lower train.lr, train.grad_clip, or train.amp: none")
 
 
@@ -110,47 +112,30 @@ class Trainer:
         self.job, self.cfg = job, job.train
         self.data_root = Path(data_root)
         self.out = outputs or Outputs()
-        self._setup_process()
+        process = setup_process(self.cfg, job.params_file)
+        self.dist, self.device, self.batch_per_rank = process.dist, process.device, process.batch_per_rank
+        self.amp_dtype, self.memory_format = process.amp_dtype, process.memory_format
         if self.dist.main:  # a save killed mid-write leaves its temp file: never resumed from, never cached
             remove_temp_files(self.out.checkpoint_dir)
         self._build_data()
-        self._build_models()
-        self._build_optimizers()
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.epoch_sums: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-        self.train_seconds = 0.0
-        self.run_id: str | None = None
+        train_state.seed_everything(self.cfg.seed)  # the same initial weights on every rank
+        self.nets = Networks(job.model, self.cfg.disc_width).to(self.device, memory_format=self.memory_format)
+        self.objective = Objective(job.loss).to(self.device)
+        self.optimizers, self.schedulers, self.scaler = build_optimizers(self.nets, self.cfg, job.loss.gan > 0,
+                                                                         self.device)
+        self.progress = train_state.Progress()
         self.fingerprint = train_state.fingerprint(job, self.data_root)
         self.resumed_from: Path | None = None
         found = train_state.resume_state(self.cfg.resume, self.out.checkpoint_dir, self.fingerprint,
                                          announce=self.dist.main, params_file=job.params_file)
         if found:
-            self.restore(*found)
-        self._wrap_models()
+            self.load_state_dict(found[0])
+            self.resumed_from = found[1]
+        self.handles = training_handles(self.nets, self.cfg, self.dist, self.device, self.objective)
         self.tracker = Tracker.disabled()
         self.phase_clock = None  # benchmarks: called with each phase's name as the step passes it
 
     # ---- build
-
-    def _setup_process(self) -> None:
-        cfg = self.cfg
-        if cfg.deterministic:
-            train_state.set_deterministic(True)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.dist = distributed.init_distributed(cfg.device)
-        self.device = distributed.training_device(cfg.device, self.dist)
-        if cfg.batch_size % (self.dist.world_size * cfg.accumulate * cfg.norm_batch_chunks):
-            raise ConfigError(f"{self.job.params_file} [train]: batch_size {cfg.batch_size} is not divisible by the "
-                              f"{self.dist.world_size} processes x {cfg.accumulate} accumulate x "
-                              f"{cfg.norm_batch_chunks} norm_batch_chunks")
-        self.batch_per_rank = cfg.batch_size // self.dist.world_size
-        if cfg.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"{self.job.params_file} [train]: amp bf16 but this GPU does not support bfloat16; "
-                              "use fp16")
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     def _build_data(self) -> None:
         cfg, job = self.cfg, self.job
@@ -164,70 +149,52 @@ class Trainer:
             # its own generator: creating an iterator must not consume the global torch RNG
             generator=torch.Generator().manual_seed(cfg.seed))
 
-    def _build_models(self) -> None:
-        # same seed on every rank -> same initial weights (DDP broadcasts rank 0's anyway)
-        train_state.seed_everything(self.cfg.seed)
-        self.nets = Networks(self.job.model, self.cfg.disc_width).to(self.device, memory_format=self.memory_format)
-        self.objective = Objective(self.job.loss).to(self.device)
-
-    def _build_optimizers(self) -> None:
-        cfg, betas = self.cfg, (self.cfg.beta1, self.cfg.beta2)
-        g = self.nets.generator
-        kernel = adam_kernel(cfg.adam, self.device)
-
-        def adam(params):
-            return torch.optim.Adam(params, lr=cfg.lr, betas=betas, **kernel)
-
-        self.optimizers = {"generator": adam([p for p in g.parameters() if p.requires_grad])}
-        if self.job.loss.gan > 0:  # the discriminators only train (and only need optimisers) with the GAN term on
-            self.optimizers["d_pb"] = adam(self.nets.d_pb.parameters())
-            self.optimizers["d_pp"] = adam(self.nets.d_pp.parameters())
-        rule = ConstantThenLinear(cfg.epochs_constant, cfg.epochs_decay)
-        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in self.optimizers.items()}
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-
-    def _wrap_models(self) -> None:
-        """DDP for gradient averaging, torch.compile on top; the frozen-D copies stay outside DDP."""
-        g = self.nets.generator
-        self.g_train = ChunkedGenerator(g, self.cfg.norm_batch_chunks) if self.cfg.norm_batch_chunks > 1 else g
-        self.d_pb_train, self.d_pp_train = self.nets.d_pb, self.nets.d_pp
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # find_unused_parameters: the cross attention's key convolutions get no gradient (upstream
-            # detaches the key path), so the reducer must not wait for them
-            self.g_train = DDP(self.g_train, device_ids=ids, find_unused_parameters=True)
-            self.d_pb_train = DDP(self.nets.d_pb, device_ids=ids)
-            self.d_pp_train = DDP(self.nets.d_pp, device_ids=ids)
-        self.d_pb_frozen, self.d_pp_frozen = self.nets.d_pb, self.nets.d_pp
-        if self.cfg.compile:
-            self.g_train = compiled_or_eager(self.g_train, "generator")
-            self.d_pb_train, self.d_pp_train = compiled_or_eager(self.d_pb_train), compiled_or_eager(self.d_pp_train)
-            self.d_pb_frozen = compiled_or_eager(self.d_pb_frozen)
-            self.d_pp_frozen = compiled_or_eager(self.d_pp_frozen)
-            self.objective.compile_networks(compiled_or_eager)  # the frozen VGG19 / LPIPS trunks of the losses
-
     # ---- checkpoints
 
-    def state(self) -> dict:
-        return train_state.checkpoint_state(self)
+    def state_dict(self) -> dict:
+        """Everything the next step depends on (a ``casd-train`` checkpoint): networks, optimisers, schedulers,
+        loss scaler, :class:`~casd.train.state.Progress`, RNG, and what the generator file records."""
+        nets, job = self.nets, self.job
+        return {
+            "format": train_state.CHECKPOINT_FORMAT, "version": train_state.CHECKPOINT_VERSION,
+            "generator": nets.generator.state_dict(), "model_config": dataclasses.asdict(job.model),
+            "vgg_pretrained": bool(nets.generator.vgg_pretrained),
+            "image_size": list(job.image_size), "pose_mode": job.pose.mode, "pose_sigma": job.pose.sigma,
+            "discriminators": {"d_pb": nets.d_pb.state_dict(), "d_pp": nets.d_pp.state_dict()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(), **self.progress.state_dict(),
+            "rng": train_state.rng_state(), "fingerprint": self.fingerprint,
+            "train_config": dataclasses.asdict(self.cfg),
+        }
 
-    def restore(self, state: dict, path: Path) -> None:
-        train_state.restore(self, state, path)
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where :meth:`state_dict` ``state`` left off (before the networks are wrapped)."""
+        g = self.nets.generator
+        g.load_state_dict(state["generator"])
+        g.vgg_pretrained = state.get("vgg_pretrained", g.vgg_pretrained)
+        self.nets.d_pb.load_state_dict(state["discriminators"]["d_pb"])
+        self.nets.d_pp.load_state_dict(state["discriminators"]["d_pp"])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        for key, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][key])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress.load_state_dict(state)
+        train_state.set_rng_state(state["rng"])
 
     def save(self, epoch_copy: bool = False) -> None:
         """Write ``latest.pt`` (and ``epoch_NNNN.pt``), atomically; rank 0 only."""
         if not self.dist.main:
             return
-        state = self.state()
+        state = self.state_dict()
         save_checkpoint(self.out.checkpoint_dir / "latest.pt", state)
         if epoch_copy:
-            save_checkpoint(self.out.checkpoint_dir / f"epoch_{self.epoch:04d}.pt", state)
+            save_checkpoint(self.out.checkpoint_dir / f"epoch_{self.progress.epoch:04d}.pt", state)
 
     # ---- one step
 
-    def _autocast(self):
+    def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -246,7 +213,7 @@ class Trainer:
         names, values, fake = self.step(batch)
         values = distributed.average(values, self.dist)  # a NaN on any rank reaches every rank: all stop together
         logged = dict(zip(names, values.tolist()))
-        check_finite(logged, self)
+        check_finite(logged, self.progress, self.out.checkpoint_dir)
         logged["g_total"] = float(sum(logged[n] for n in names if n not in DISCRIMINATOR_TERMS))
         return logged, fake
 
@@ -265,16 +232,16 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         names, total, fakes = None, None, []
         for part in parts:
-            with self._autocast():
-                fake, attention = self.g_train(part.target_pose, part.source, part.source_parsing)
+            with self.autocast():
+                fake, attention = self.handles.generator(part.target_pose, part.source, part.source_parsing)
                 mark("g_forward")
                 for p in discriminators:
                     p.requires_grad_(False)
-                g_terms = self.objective.generator_terms(fake, attention, part, self.d_pb_frozen, self.d_pp_frozen)
+                g_terms = self.objective.generator_terms(fake, attention, part, *self.handles.frozen_discriminators)
                 for p in discriminators:
                     p.requires_grad_(True)
                 mark("g_losses")
-                d_terms = self.objective.discriminator_terms(fake, part, self.d_pb_train, self.d_pp_train)
+                d_terms = self.objective.discriminator_terms(fake, part, *self.handles.discriminators)
                 mark("d_forward")
             self.scaler.scale(sum(g_terms.values()) / len(parts)).backward()
             mark("g_backward")
@@ -307,11 +274,11 @@ class Trainer:
         cfg = self.cfg
         if self.dist.main:
             self.tracker = Tracker.start(self.job.tracking, self.job.logged_params(), tags=run_tags(self),
-                                         resume_run_id=self.run_id)
-            self.run_id = self.tracker.run_id
+                                         resume_run_id=self.progress.run_id)
+            self.progress.run_id = self.tracker.run_id
             self.tracker.write_run_file(self.out.run_file, self.job.tracking)
-            what = (f"resuming {self.resumed_from} at epoch {self.epoch + 1}, step {self.global_step}"
-                    if self.resumed_from else "starting")
+            what = (f"resuming {self.resumed_from} at epoch {self.progress.epoch + 1}, "
+                    f"step {self.progress.global_step}" if self.resumed_from else "starting")
             print(f"train: {what}; {len(self.dataset)} pairs, {cfg.pairs_per_epoch} per epoch, "
                   f"{self.steps_per_epoch} steps of {cfg.batch_size} per epoch, {cfg.epochs} epochs, "
                   f"device {self.device} x {self.dist.world_size}, amp {cfg.amp}, "
@@ -332,14 +299,14 @@ class Trainer:
         return summary
 
     def _loop(self) -> None:
-        cfg = self.cfg
+        cfg, progress = self.cfg, self.progress
         self.nets.train()
-        while self.epoch < cfg.epochs:
+        while progress.epoch < cfg.epochs:
             lr = self.optimizers["generator"].param_groups[0]["lr"]
-            self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.batch_per_rank)
-            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+            self.sampler.set_epoch(progress.epoch, start=progress.step_in_epoch * self.batch_per_rank)
+            bar = tqdm(total=self.steps_per_epoch, initial=progress.step_in_epoch,
                        disable=None if self.dist.main else True,  # None: off when stderr is not a terminal
-                       desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
+                       desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", unit="step", leave=False, dynamic_ncols=True)
             window: dict[str, float] = {}
             window_steps, window_start = 0, time.perf_counter()
             epoch_start = epoch_clock = time.perf_counter()  # epoch_start restarts at each mid-epoch save
@@ -348,12 +315,9 @@ class Trainer:
                 batch = self.to_device(batch)
                 terms, fake = self.train_step(batch)
                 n = fake.shape[0] * self.dist.world_size
-                self.step_in_epoch += 1
-                self.global_step += 1
+                progress.add_step(terms)
                 epoch_samples += n
-                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0.0) + 1
                 for k, v in terms.items():
-                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
                     window[k] = window.get(k, 0.0) + v
                 window_steps += 1
                 if self.dist.main:
@@ -361,56 +325,129 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()} | {"samples/s": f"{rate:.1f}"},
                                     refresh=False)
                     bar.update()
-                    if cfg.log_every and self.global_step % cfg.log_every == 0:
+                    if cfg.log_every and progress.global_step % cfg.log_every == 0:
                         metrics = {f"train/{k}": v / window_steps for k, v in window.items()}
-                        metrics.update({"train/lr": lr, "train/samples_per_s": rate, "train/epoch": self.epoch + 1})
-                        self.tracker.log_metrics(metrics, self.global_step)
+                        metrics.update({"train/lr": lr, "train/samples_per_s": rate, "train/epoch": progress.epoch + 1})
+                        self.tracker.log_metrics(metrics, progress.global_step)
                         window, window_steps, window_start = {}, 0, time.perf_counter()
-                    if cfg.sample_every and self.global_step % cfg.sample_every == 0:
-                        self.tracker.log_image(sample_grid(batch, fake), f"samples/step_{self.global_step:07d}.png")
-                if (cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0
-                        and self.step_in_epoch < self.steps_per_epoch):
-                    self.train_seconds += time.perf_counter() - epoch_start
+                    if cfg.sample_every and progress.global_step % cfg.sample_every == 0:
+                        self.tracker.log_image(sample_grid(batch, fake), f"samples/step_{progress.global_step:07d}.png")
+                if (cfg.checkpoint_every_steps and progress.global_step % cfg.checkpoint_every_steps == 0
+                        and progress.step_in_epoch < self.steps_per_epoch):
+                    progress.train_seconds += time.perf_counter() - epoch_start
                     epoch_start = time.perf_counter()
                     self.save()
             bar.close()
-            self.train_seconds += time.perf_counter() - epoch_start
+            progress.train_seconds += time.perf_counter() - epoch_start
             self._end_epoch(lr, epoch_samples / max(time.perf_counter() - epoch_clock, 1e-9))
 
     def _end_epoch(self, lr: float, samples_per_s: float) -> None:
-        steps = self.epoch_sums.pop("steps", 0.0) or 1.0
-        record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": lr,
-                  **{k: v / steps for k, v in self.epoch_sums.items()}, "samples_per_s": samples_per_s}
-        self.history.append(record)
+        cfg, progress = self.cfg, self.progress
+        record = progress.end_epoch(lr, samples_per_s)
         for scheduler in self.schedulers.values():
             scheduler.step()
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_sums = {}
-        self.save(epoch_copy=bool(self.cfg.save_every) and (self.epoch % self.cfg.save_every == 0
-                                                            or self.epoch == self.cfg.epochs))
+        self.save(epoch_copy=bool(cfg.save_every) and (progress.epoch % cfg.save_every == 0
+                                                       or progress.epoch == cfg.epochs))
         if self.dist.main:
-            write_loss_csv(self.out.loss_csv, self.history)
+            write_loss_csv(self.out.loss_csv, progress.history)
             self.tracker.log_metrics({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")},
-                                     self.global_step)
+                                     progress.global_step)
             losses = "  ".join(f"{k} {record[k]:.4g}" for k in LOGGED_TERMS if k in record)
-            tqdm.write(f"epoch {self.epoch}/{self.cfg.epochs}  step {self.global_step}  lr {lr:.3g}  {losses}  "
+            tqdm.write(f"epoch {progress.epoch}/{cfg.epochs}  step {progress.global_step}  lr {lr:.3g}  {losses}  "
                        f"{samples_per_s:.1f} samples/s")
 
-    @torch.no_grad()
-    def preview(self, rows: int = 6) -> np.ndarray:
-        """Sample grid on the first ``rows`` test pairs (train pairs if there is no test split)."""
-        phase = "test" if PreparedLayout(self.data_root).pairs("test").is_file() else "train"
-        dataset = PairDataset(self.data_root, phase, self.job.image_size, pose_config=self.job.pose, preload=False)
-        picks = np.linspace(0, len(dataset) - 1, min(rows, len(dataset))).round().astype(int)
-        batch = self.to_device(PairBatch.collate([dataset[int(i)] for i in picks]))
-        g = self.nets.generator
-        was_training = g.training
-        g.eval()
-        with self._autocast():
-            fake, _ = g(batch.target_pose, batch.source, batch.source_parsing)
-        g.train(was_training)
-        return sample_grid(batch, fake, rows=len(picks))
+
+class ProcessSettings(NamedTuple):
+    dist: distributed.Dist
+    device: torch.device
+    batch_per_rank: int
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+
+
+def setup_process(cfg, params_file) -> ProcessSettings:
+    """This process's part of the run (``cfg``: the ``train:`` section): process group, device, its share of
+    the batch, autocast dtype, memory format; and the global settings (determinism, threads)."""
+    if cfg.deterministic:
+        train_state.set_deterministic(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist = distributed.init_distributed(cfg.device)
+    device = distributed.training_device(cfg.device, dist)
+    if cfg.batch_size % (dist.world_size * cfg.accumulate * cfg.norm_batch_chunks):
+        raise ConfigError(f"{params_file} [train]: batch_size {cfg.batch_size} is not divisible by the "
+                          f"{dist.world_size} processes x {cfg.accumulate} accumulate x "
+                          f"{cfg.norm_batch_chunks} norm_batch_chunks")
+    if cfg.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{params_file} [train]: amp bf16 but this GPU does not support bfloat16; use fp16")
+    return ProcessSettings(dist, device, cfg.batch_size // dist.world_size,
+                           {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
+                           torch.channels_last if cfg.channels_last else torch.contiguous_format)
+
+
+@torch.no_grad()
+def preview(trainer: "Trainer", rows: int = 6) -> np.ndarray:
+    """Sample grid of the generator on the first ``rows`` test pairs (train pairs if there is no test split)."""
+    data_root, job = trainer.data_root, trainer.job
+    phase = "test" if PreparedLayout(data_root).pairs("test").is_file() else "train"
+    dataset = PairDataset(data_root, phase, job.image_size, pose_config=job.pose, preload=False)
+    picks = np.linspace(0, len(dataset) - 1, min(rows, len(dataset))).round().astype(int)
+    batch = trainer.to_device(PairBatch.collate([dataset[int(i)] for i in picks]))
+    g = trainer.nets.generator
+    was_training = g.training
+    g.eval()
+    with trainer.autocast():
+        fake, _ = g(batch.target_pose, batch.source, batch.source_parsing)
+    g.train(was_training)
+    return sample_grid(batch, fake, rows=len(picks))
+
+
+def build_optimizers(nets: Networks, cfg, with_discriminators: bool, device: torch.device):
+    """(Adam per trained network, their learning-rate schedules, the fp16 loss scaler). The discriminators
+    only train, and only get optimisers, with the GAN term on."""
+    kernel = adam_kernel(cfg.adam, device)
+
+    def adam(params):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kernel)
+
+    optimizers = {"generator": adam([p for p in nets.generator.parameters() if p.requires_grad])}
+    if with_discriminators:
+        optimizers["d_pb"] = adam(nets.d_pb.parameters())
+        optimizers["d_pp"] = adam(nets.d_pp.parameters())
+    rule = ConstantThenLinear(cfg.epochs_constant, cfg.epochs_decay)
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in optimizers.items()}
+    return optimizers, schedulers, torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+
+class Handles(NamedTuple):
+    """What a training step calls: the generator and the discriminators it trains (under DDP and compile when
+    on), and the discriminators the generator's GAN term reads through (outside DDP: no gradient sync)."""
+
+    generator: nn.Module
+    discriminators: tuple[nn.Module, nn.Module]          # (d_pb, d_pp)
+    frozen_discriminators: tuple[nn.Module, nn.Module]   # the same weights, for the generator's loss
+
+
+def training_handles(nets: Networks, cfg, dist, device: torch.device, objective: Objective) -> Handles:
+    """DDP for gradient averaging, torch.compile on top (and on the frozen loss networks of ``objective``)."""
+    generator = ChunkedGenerator(nets.generator, cfg.norm_batch_chunks) if cfg.norm_batch_chunks > 1 \
+        else nets.generator
+    discriminators = frozen = (nets.d_pb, nets.d_pp)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: the cross attention's key convolutions get no gradient (upstream
+        # detaches the key path), so the reducer must not wait for them
+        generator = DDP(generator, device_ids=ids, find_unused_parameters=True)
+        discriminators = tuple(DDP(d, device_ids=ids) for d in discriminators)
+    if cfg.compile:
+        generator = compiled_or_eager(generator, "generator")
+        discriminators = tuple(compiled_or_eager(d) for d in discriminators)
+        frozen = tuple(compiled_or_eager(d) for d in frozen)
+        objective.compile_networks(compiled_or_eager)  # the frozen VGG19 / LPIPS trunks of the losses
+    return Handles(generator, discriminators, frozen)
+
 
 def adam_kernel(mode: str, device: torch.device) -> dict[str, bool]:
     """``torch.optim.Adam`` keyword of ``train.adam``: one fused kernel, foreach (a few multi-tensor kernels per
@@ -476,28 +513,28 @@ def run_tags(trainer: "Trainer") -> dict[str, str]:
 
 def finish_outputs(trainer: "Trainer") -> dict:
     """Final outputs (rank 0): generator export, metrics (numbers only), loss CSV, preview, MLflow artifacts."""
-    job = trainer.job
+    job, progress = trainer.job, trainer.progress
     save_generator(trainer.out.model, trainer.nets.generator, image_size=job.image_size, pose_mode=job.pose.mode,
-                   pose_sigma=job.pose.sigma, fingerprint=trainer.fingerprint, mlflow_run_id=trainer.run_id,
-                   epochs=trainer.epoch, steps=trainer.global_step)
-    last = trainer.history[-1] if trainer.history else {}
-    samples = trainer.global_step * trainer.cfg.batch_size
-    summary = {"epochs": trainer.epoch, "steps": trainer.global_step, "samples": samples,
-               "train_seconds": round(trainer.train_seconds, 2),
-               "samples_per_s": round(samples / trainer.train_seconds, 3) if trainer.train_seconds else 0.0,
+                   pose_sigma=job.pose.sigma, fingerprint=trainer.fingerprint, mlflow_run_id=progress.run_id,
+                   epochs=progress.epoch, steps=progress.global_step)
+    last = progress.history[-1] if progress.history else {}
+    samples = progress.global_step * trainer.cfg.batch_size
+    summary = {"epochs": progress.epoch, "steps": progress.global_step, "samples": samples,
+               "train_seconds": round(progress.train_seconds, 2),
+               "samples_per_s": round(samples / progress.train_seconds, 3) if progress.train_seconds else 0.0,
                "loss": {k: last[k] for k in LOGGED_TERMS if k in last}}
     write_json(trainer.out.metrics, summary)
-    write_loss_csv(trainer.out.loss_csv, trainer.history)
-    grid = trainer.preview()
+    write_loss_csv(trainer.out.loss_csv, progress.history)
+    grid = preview(trainer)
     save_png(grid, trainer.out.samples)
-    trainer.tracker.log_metrics({f"final/{k}": v for k, v in summary["loss"].items()}, trainer.global_step)
+    trainer.tracker.log_metrics({f"final/{k}": v for k, v in summary["loss"].items()}, progress.global_step)
     trainer.tracker.log_image(grid, "samples/final_test_pairs.png")
     trainer.tracker.log_artifact(trainer.out.loss_csv, "metrics")
     trainer.tracker.log_artifact(trainer.out.model, "checkpoints")
     log_served_model(trainer)
-    print(f"train: done, {trainer.epoch} epochs, {trainer.global_step} steps in {trainer.train_seconds:.0f} s; "
+    print(f"train: done, {progress.epoch} epochs, {progress.global_step} steps in {progress.train_seconds:.0f} s; "
           f"generator -> {trainer.out.model}, samples -> {trainer.out.samples}"
-          + (f", MLflow run {trainer.run_id}" if trainer.run_id else ""), flush=True)
+          + (f", MLflow run {progress.run_id}" if progress.run_id else ""), flush=True)
     return summary
 
 
@@ -519,7 +556,7 @@ def log_served_model(trainer: "Trainer") -> None:
         version = trainer.tracker.log_model(model_dir, serving.ARTIFACT_NAME, name)
     if version is not None:
         print(f"train: generator registered as MLflow Model models:/{name}/{version} "
-              f"(runs:/{trainer.run_id}/{serving.ARTIFACT_NAME})", flush=True)
+              f"(runs:/{trainer.progress.run_id}/{serving.ARTIFACT_NAME})", flush=True)
 
 
 def train(job: TrainJob, data_root: str | Path = PREPARED.root, outputs: Outputs | None = None) -> dict:

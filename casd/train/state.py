@@ -111,44 +111,45 @@ def resume_state(spec: str, checkpoint_dir: Path, current_fingerprint: str, anno
     return state, path
 
 
-def checkpoint_state(trainer) -> dict:
-    """Everything the next step of ``trainer`` (a :class:`casd.train.loop.Trainer`) depends on."""
-    nets = trainer.nets
-    return {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "generator": nets.generator.state_dict(),
-        "model_config": dataclasses.asdict(trainer.job.model),
-        "vgg_pretrained": bool(nets.generator.vgg_pretrained),
-        "image_size": list(trainer.job.image_size), "pose_mode": trainer.job.pose.mode,
-        "pose_sigma": trainer.job.pose.sigma,
-        "discriminators": {"d_pb": nets.d_pb.state_dict(), "d_pp": nets.d_pp.state_dict()},
-        "optimizers": {k: o.state_dict() for k, o in trainer.optimizers.items()},
-        "schedulers": {k: s.state_dict() for k, s in trainer.schedulers.items()},
-        "scaler": trainer.scaler.state_dict(),
-        "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch, "global_step": trainer.global_step,
-        "epoch_sums": dict(trainer.epoch_sums), "history": list(trainer.history),
-        "train_seconds": trainer.train_seconds, "rng": rng_state(), "fingerprint": trainer.fingerprint,
-        "mlflow_run_id": trainer.run_id, "train_config": dataclasses.asdict(trainer.cfg),
-    }
+@dataclasses.dataclass
+class Progress:
+    """Where a training is: counters, the running sums of the epoch, the per-epoch history, the MLflow run.
 
+    Its :meth:`state_dict` keys are those of the training checkpoint (``mlflow_run_id`` for ``run_id``).
+    """
 
-def restore(trainer, state: dict, path: Path) -> None:
-    """Put ``trainer`` where :func:`checkpoint_state` ``state`` (read from ``path``) left off."""
-    g = trainer.nets.generator
-    g.load_state_dict(state["generator"])
-    g.vgg_pretrained = state.get("vgg_pretrained", g.vgg_pretrained)
-    trainer.nets.d_pb.load_state_dict(state["discriminators"]["d_pb"])
-    trainer.nets.d_pp.load_state_dict(state["discriminators"]["d_pp"])
-    for key, optimizer in trainer.optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][key])
-    for key, scheduler in trainer.schedulers.items():
-        scheduler.load_state_dict(state["schedulers"][key])
-    trainer.scaler.load_state_dict(state["scaler"])
-    trainer.epoch, trainer.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-    trainer.global_step = int(state["global_step"])
-    trainer.epoch_sums = dict(state["epoch_sums"])
-    trainer.history = list(state["history"])
-    trainer.train_seconds = float(state["train_seconds"])
-    trainer.run_id = state.get("mlflow_run_id")
-    set_rng_state(state["rng"])
-    trainer.resumed_from = path
+    epoch: int = 0                  # epochs done
+    step_in_epoch: int = 0          # steps done in the current epoch
+    global_step: int = 0
+    epoch_sums: dict[str, float] = dataclasses.field(default_factory=dict)  # term -> sum; "steps" -> count
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)  # one record per epoch
+    train_seconds: float = 0.0
+    run_id: str | None = None
+
+    def add_step(self, terms: dict[str, float]) -> None:
+        self.step_in_epoch += 1
+        self.global_step += 1
+        self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0.0) + 1
+        for k, v in terms.items():
+            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+
+    def end_epoch(self, lr: float, samples_per_s: float) -> dict[str, float]:
+        """Close the epoch: its record (epoch, step, lr, mean of every term, samples/s), kept in the history."""
+        steps = self.epoch_sums.pop("steps", 0.0) or 1.0
+        record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": lr,
+                  **{k: v / steps for k, v in self.epoch_sums.items()}, "samples_per_s": samples_per_s}
+        self.history.append(record)
+        self.epoch, self.step_in_epoch, self.epoch_sums = self.epoch + 1, 0, {}
+        return record
+
+    def state_dict(self) -> dict:
+        state = dataclasses.asdict(self)
+        state["mlflow_run_id"] = state.pop("run_id")
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.epoch_sums, self.history = dict(state["epoch_sums"]), list(state["history"])
+        self.train_seconds = float(state["train_seconds"])
+        self.run_id = state.get("mlflow_run_id")
