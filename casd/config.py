@@ -43,6 +43,62 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return params
 
 
+class SettingError(ConfigError):
+    """Bad values in one section; :func:`from_dict` says them with the params file actually read."""
+
+    def __init__(self, section: str, problems: list[str]):
+        self.section, self.problems = section, list(problems)
+        super().__init__(f"{DEFAULT_PARAMS} [{section}]: " + "; ".join(self.problems))
+
+
+class Checks:
+    """The value checks of one config section (a dataclass's ``__post_init__``): every problem is collected,
+    then :meth:`done` raises them together as one :class:`SettingError`::
+
+        checks = Checks("pose")
+        checks.choice("mode", self.mode, ("onehot", "gaussian"))
+        checks.number("sigma", self.sigma, above=0)
+        checks.done()
+    """
+
+    def __init__(self, section: str):
+        self.section, self.problems = section, []
+
+    def require(self, ok: bool, problem: str) -> bool:
+        if not ok:
+            self.problems.append(problem)
+        return bool(ok)
+
+    def choice(self, key: str, value: Any, choices: typing.Iterable[Any]) -> bool:
+        choices = tuple(choices)
+        return self.require(value in choices, f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+    def number(self, key: str, value: Any, *, minimum: float | None = None, above: float | None = None,
+               maximum: float | None = None, integer: bool = False) -> bool:
+        """``value`` is a number (an int with ``integer``) ``>= minimum``, ``> above``, ``<= maximum``."""
+        kinds = (int,) if integer else (int, float)
+        ok = isinstance(value, kinds) and not isinstance(value, bool)
+        bounds = []
+        if minimum is not None:
+            bounds.append(f">= {minimum}")
+            ok = ok and value >= minimum
+        if above is not None:
+            bounds.append(f"> {above}")
+            ok = ok and value > above
+        if maximum is not None:
+            bounds.append(f"<= {maximum}")
+            ok = ok and value <= maximum
+        kind = "an integer" if integer else "a number"
+        return self.require(ok, f"{key} must be {kind} {' and '.join(bounds)}, got {value!r}".replace("  ", " "))
+
+    def flag(self, key: str, value: Any) -> bool:
+        return self.require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+
+    def done(self) -> None:
+        if self.problems:
+            raise SettingError(self.section, self.problems)
+
+
 def from_dict(cls: type[T], mapping: dict[str, Any] | None, section: str = "",
               source: str | Path = DEFAULT_PARAMS) -> T:
     """Build dataclass ``cls`` from ``mapping`` (section ``section`` of params file ``source``); unknown keys
@@ -71,10 +127,8 @@ def from_dict(cls: type[T], mapping: dict[str, Any] | None, section: str = "",
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e
-    except ConfigError as e:
-        # the checks in __post_init__ may name the default file and section; say the one actually read
-        problem = str(e).removeprefix(f"{DEFAULT_PARAMS} [{section or cls.__name__}]: ")
-        raise ConfigError(f"{where}: {problem}") from None
+    except SettingError as e:
+        raise ConfigError(f"{where}: {'; '.join(e.problems)}") from None
 
 
 @dataclasses.dataclass(frozen=True)

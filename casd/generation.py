@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from casd import visuals
 from casd.checkpoints import load_generator
-from casd.config import DEFAULT_PARAMS, from_dict, resolve_device
+from casd.config import DEFAULT_PARAMS, Checks, from_dict, resolve_device
 from casd.data.config import DataConfig
 from casd.data.dataset import PairBatch, PairDataset
 from casd.data.layout import (GENERATED_DIR, GENERATED_MANIFEST, PREDICTED_PARSING_DIR, PREPARED, STRIPS_DIR,
                               output_name, write_generated_manifest)
 from casd.data.pose import PoseConfig
-from casd.errors import ConfigError, DataError
+from casd.errors import DataError
 from casd.models.generator import predicted_parsing
 
 STRIP_PANELS = ("source", "target pose", "generated", "ground truth", "predicted parsing")
@@ -51,12 +51,13 @@ class GenerationConfig:
     workers: int = 0                         # DataLoader worker processes reading the test images
 
     def __post_init__(self):
-        if self.amp not in TEST_AMP_MODES:
-            raise ConfigError(f"test.amp must be one of {', '.join(TEST_AMP_MODES)}, got {self.amp!r}")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"test.batch_size must be >= 1, got {self.batch_size}")
-        if int(self.limit) < 0 or int(self.workers) < 0 or int(self.strips) < -1:
-            raise ConfigError("test.limit and test.workers must be >= 0, test.strips >= -1")
+        checks = Checks("test")
+        checks.choice("amp", self.amp, TEST_AMP_MODES)
+        checks.number("batch_size", self.batch_size, minimum=1, integer=True)
+        checks.number("limit", self.limit, minimum=0, integer=True)
+        checks.number("workers", self.workers, minimum=0, integer=True)
+        checks.number("strips", self.strips, minimum=-1, integer=True)
+        checks.done()
 
 
 @dataclasses.dataclass

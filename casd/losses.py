@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from casd.errors import ConfigError
+from casd.config import Checks
 from casd.models.vgg import NO_WEIGHTS, VGG19_INDEX, VGG19Features, imagenet_normalize
 
 TERMS = ("l1", "perceptual", "gan", "cx", "amce", "lpips", "content", "style")  # the generator's terms
@@ -63,19 +63,18 @@ class LossConfig:
     lpips_weights: str = "torchvision"             # LPIPS VGG16 trunk + linear layers: folder | torchvision | none
 
     def __post_init__(self):
-        for name in TERMS + ("cx_sigma",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"loss.{name}: expected a number >= 0, got {value!r}")
-        if self.cx_sigma == 0:
-            raise ConfigError("loss.cx_sigma: must be > 0")
+        checks = Checks("loss")
+        for name in TERMS:
+            checks.number(name, getattr(self, name), minimum=0)
+        checks.number("cx_sigma", self.cx_sigma, above=0)
         self.cx_layers = tuple(self.cx_layers)
         for layer in (self.perceptual_layer, *self.cx_layers):
-            if layer not in VGG19_INDEX or not layer.startswith("relu"):
-                raise ConfigError(f"loss: unknown VGG19 ReLU layer {layer!r} (e.g. relu3_2)")
+            checks.require(layer in VGG19_INDEX and str(layer).startswith("relu"),
+                           f"unknown VGG19 ReLU layer {layer!r} (e.g. relu3_2)")
         for name in ("vgg_weights", "cx_vgg_weights", "lpips_weights"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(f"loss.{name}: expected a path, 'torchvision' or 'none'")
+            checks.require(isinstance(getattr(self, name), str) and bool(getattr(self, name)),
+                           f"{name} must be a path, 'torchvision' or 'none', got {getattr(self, name)!r}")
+        checks.done()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,8 +49,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from casd.config import flatten
-from casd.errors import ConfigError
+from casd.config import Checks, flatten
 from casd.fileio import write_json
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -91,8 +90,12 @@ class TrackingConfig:
     model_name: str = "casd-generator"  # the train stage logs its generator as this registered MLflow Model; "" = not
 
     def __post_init__(self):
-        if not self.experiment:
-            raise ConfigError("params.yaml [tracking]: experiment must be a non-empty name")
+        checks = Checks("tracking")
+        checks.flag("enabled", self.enabled)
+        checks.require(isinstance(self.experiment, str) and bool(self.experiment),
+                       f"experiment must be a non-empty name, got {self.experiment!r}")
+        checks.require(isinstance(self.model_name, str), f"model_name must be a name or \"\", got {self.model_name!r}")
+        checks.done()
 
     def resolved_uri(self) -> str:
         """The store URI, a relative sqlite / file path made absolute against :func:`workspace_root`."""

@@ -63,3 +63,21 @@ def test_cli_os_error_of_a_command_is_one_line(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(out) in lines[0], result.stderr
+
+
+def test_section_checks_collect_every_problem_and_the_params_file_read_is_named():
+    from casd.config import Checks, SettingError, from_dict
+    from casd.data.pose import PoseConfig
+
+    with pytest.raises(ConfigError) as raised:
+        from_dict(PoseConfig, {"mode": "x", "sigma": 0}, "pose", "other.yaml")
+    assert str(raised.value) == ("other.yaml [pose]: mode must be one of onehot, gaussian, got 'x'; "
+                                 "sigma must be a number > 0, got 0")
+    with pytest.raises(SettingError, match=r"^params\.yaml \[pose\]: sigma"):  # built directly: the default file
+        PoseConfig(sigma=-1.0)
+    checks = Checks("demo")
+    assert checks.number("n", 3, minimum=1, maximum=3, integer=True)
+    assert not checks.number("n", 2.5, minimum=1, integer=True) and not checks.number("n", True, minimum=0)
+    assert not checks.flag("on", "yes") and checks.choice("k", "a", ("a", "b"))
+    assert checks.problems == ["n must be an integer >= 1, got 2.5", "n must be a number >= 0, got True",
+                               "on must be true or false, got 'yes'"]

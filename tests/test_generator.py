@@ -319,5 +319,5 @@ def test_init_scales_weights_as_named(init):
     assert fc.weight.std().item() == pytest.approx(expected[1], rel=0.25)
     vgg = generator.style_encoder.vgg.layers[0].weight
     assert vgg.std().item() != pytest.approx(expected[0], rel=0.1)  # the frozen VGG keeps its own init
-    with pytest.raises(ConfigError, match="model.init"):
+    with pytest.raises(ConfigError, match=r"\[model\]: init must be one of upstream, fan_in"):
         GeneratorConfig(init="xavier")

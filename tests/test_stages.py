@@ -123,10 +123,10 @@ def _other_params(tmp_path, **sections) -> Path:
 
 @pytest.mark.parametrize("command, section, bad, fragment", [
     ("synth", "synth", {"colour": 1}, "unknown key(s) colour"),                      # from_dict's own check
-    ("pose", "pose", {"mode": "banana"}, "mode must be onehot or gaussian"),        # the dataclass's check
+    ("pose", "pose", {"mode": "banana"}, "mode must be one of onehot, gaussian"),        # the dataclass's check
     ("split", "data", {"image_size": [30, 24]}, "image_size must be"),
     ("train", "train", {"amp": "fp8"}, "amp must be one of"),
-    ("test", "test", {"batch_size": 0}, "test.batch_size must be >= 1"),
+    ("test", "test", {"batch_size": 0}, "[test]: batch_size must be an integer >= 1"),
 ])
 def test_a_config_error_names_the_params_file_given(command, section, bad, fragment, tmp_path, capsys):
     other = _other_params(tmp_path, **{section: bad})
@@ -141,9 +141,9 @@ def test_a_config_error_names_the_params_file_given(command, section, bad, fragm
 def test_typed_sections_name_their_file(tmp_path):
     other = _other_params(tmp_path, train={"lr": 0})
     params = Params.load(other)
-    with pytest.raises(Exception, match=r"other\.yaml \[train\]: lr must be > 0"):
+    with pytest.raises(Exception, match=r"other\.yaml \[train\]: lr must be a number > 0"):
         TrainJob.from_params(params.values, params.path)
-    with pytest.raises(Exception, match=r"^params\.yaml \[train\]: lr must be > 0"):
+    with pytest.raises(Exception, match=r"^params\.yaml \[train\]: lr must be a number > 0"):
         TrainJob.from_params(params.values)  # a mapping of unknown origin: the default name
 
 
@@ -166,7 +166,7 @@ def test_a_stage_script_ends_a_user_error_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "stages" / "pose.py")], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["error: params.yaml [pose]: sigma must be positive, got -1"]
+    assert result.stderr.strip().splitlines() == ["error: params.yaml [pose]: sigma must be a number > 0, got -1"]
 
 
 def test_data_stages_run_from_a_params_file(tmp_path, monkeypatch):

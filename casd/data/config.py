@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from casd.data.layout import SYNTH_RAW_DIR
-from casd.errors import ConfigError
+from casd.config import Checks
 
 GENERATOR_SIZE_MULTIPLE = 4  # image height and width: the generator down-samples twice
 
@@ -55,34 +55,31 @@ class DataConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        def bad(key: str, expected: str) -> ConfigError:
-            return ConfigError(f"params.yaml [data]: {key} must be {expected}, got {getattr(self, key)!r}")
-
+        checks = Checks("data")
         for key, choices in (("source", ("synthetic", "deepfashion")), ("on_error", ("fail", "skip")),
                              ("resize_filter", tuple(RESIZE_FILTERS)), ("keypoint_frame", ("rescale", "as_is")),
                              ("parsing_frame", ("annotation", "image"))):
-            if getattr(self, key) not in choices:
-                raise bad(key, " or ".join(choices))
+            checks.choice(key, getattr(self, key), choices)
         for key, multiple in (("image_size", GENERATOR_SIZE_MULTIPLE), ("annotation_size", 1)):
             problem = size_problem(getattr(self, key), multiple)
-            if problem:
-                raise bad(key, problem)
-            setattr(self, key, tuple(getattr(self, key)))
-        if not isinstance(self.crop_border, int) or not 0 <= 2 * self.crop_border < self.annotation_size[1]:
-            raise bad("crop_border", "an integer in [0, W_ann/2)")
-        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
-            raise bad("jpeg_quality", "an integer in 1..100")
-        if not isinstance(self.follow_external_links, bool):
-            raise bad("follow_external_links", "true or false")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise bad("workers", "a positive integer")
+            if checks.require(not problem, f"{key} must be {problem}, got {getattr(self, key)!r}"):
+                setattr(self, key, tuple(getattr(self, key)))
+        if checks.number("crop_border", self.crop_border, minimum=0, integer=True) and not problem:
+            checks.require(2 * self.crop_border < self.annotation_size[1],
+                           f"crop_border must be below half the annotation width {self.annotation_size[1]}, "
+                           f"got {self.crop_border}")
+        checks.number("jpeg_quality", self.jpeg_quality, minimum=1, maximum=100, integer=True)
+        checks.flag("follow_external_links", self.follow_external_links)
+        checks.number("workers", self.workers, minimum=1, integer=True)
         root, synth = Path(self.root).resolve(), SYNTH_RAW_DIR.resolve()
-        if self.source == "synthetic" and root != synth:
-            raise ConfigError(f"params.yaml [data]: with source: synthetic, root must be {SYNTH_RAW_DIR} (where the "
-                              f"synth stage writes the set), got {self.root!r}")
-        if self.source == "deepfashion" and (root == synth or synth in root.parents):
-            raise ConfigError(f"params.yaml [data]: with source: deepfashion, root must lie outside {SYNTH_RAW_DIR} "
-                              "(the synth stage's output)")
+        if self.source == "synthetic":
+            checks.require(root == synth, f"with source: synthetic, root must be {SYNTH_RAW_DIR} (where the synth "
+                                          f"stage writes the set), got {self.root!r}")
+        if self.source == "deepfashion":
+            checks.require(root != synth and synth not in root.parents,
+                           f"with source: deepfashion, root must lie outside {SYNTH_RAW_DIR} (the synth stage's "
+                           "output)")
+        checks.done()
 
     def raw_dir(self) -> Path:
         """Folder holding the raw DeepFashion layout (``data.root``)."""

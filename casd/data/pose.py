@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from casd.errors import ConfigError, DataError
+from casd.config import Checks
+from casd.errors import DataError
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt
 from casd.data.config import DataConfig
 from casd.data.inputs import ErrorPolicy, InputGuard, require_written
@@ -47,11 +48,11 @@ class PoseConfig:
     export_upstream_npy: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in ("onehot", "gaussian"):
-            raise ConfigError(f"params.yaml [pose]: mode must be onehot or gaussian, got {self.mode!r}")
-        if not float(self.sigma) > 0:
-            raise ConfigError(f"params.yaml [pose]: sigma must be positive, got {self.sigma!r}")
-        self.sigma = float(self.sigma)
+        checks = Checks("pose")
+        checks.choice("mode", self.mode, ("onehot", "gaussian"))
+        if checks.number("sigma", self.sigma, above=0):
+            self.sigma = float(self.sigma)
+        checks.done()
 
 
 # --------------------------------------------------------------------------- coordinates

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from casd.errors import ConfigError, DataError
+from casd.config import Checks
+from casd.errors import DataError
 from casd.data.parallel import WorkerPool
 from casd.fileio import atomic_path, remove_temp_files, sigterm_as_interrupt, write_json, write_text
 from casd.data.config import DataConfig
@@ -64,19 +65,17 @@ class SynthConfig:
     test_fraction: float = 0.25
 
     def __post_init__(self) -> None:
+        checks = Checks("synth")
         size = tuple(self.image_size)
-        if len(size) != 2 or not all(isinstance(v, int) and v >= 16 for v in size):
-            raise ConfigError(f"params.yaml [synth]: image_size must be [H, W] integers >= 16, got {size!r}")
-        self.image_size = size
-        if not 1 <= self.categories <= len(CATEGORIES):
-            raise ConfigError(f"params.yaml [synth]: categories must be in 1..{len(CATEGORIES)}")
-        if self.identities_per_category < 2 or self.poses_per_identity < 2:
-            raise ConfigError("params.yaml [synth]: identities_per_category and poses_per_identity must be >= 2 "
-                              "(pairs need two poses; train and test need one identity each)")
-        if self.poses_per_identity > 99:
-            raise ConfigError("params.yaml [synth]: poses_per_identity must be <= 99 (two-digit NN)")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError("params.yaml [synth]: test_fraction must be in (0, 1)")
+        if checks.require(len(size) == 2 and all(isinstance(v, int) and v >= 16 for v in size),
+                          f"image_size must be [H, W] integers >= 16, got {size!r}"):
+            self.image_size = size
+        checks.number("categories", self.categories, minimum=1, maximum=len(CATEGORIES), integer=True)
+        # pairs need two poses; train and test need one identity each; NN in the file names has two digits
+        checks.number("identities_per_category", self.identities_per_category, minimum=2, integer=True)
+        checks.number("poses_per_identity", self.poses_per_identity, minimum=2, maximum=99, integer=True)
+        checks.number("test_fraction", self.test_fraction, above=0, maximum=0.999999)
+        checks.done()
 
 
 # --------------------------------------------------------------------------- identities

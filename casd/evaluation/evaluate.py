@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from casd import weights
-from casd.config import from_dict, resolve_device
+from casd.config import Checks, from_dict, resolve_device
 from casd.data.images import NUM_REGIONS, REGION_NAMES, read_image, read_regions
 from casd.data.layout import PREPARED, flat_stem, parsing_file_name
 from casd.data.tables import read_pairs
@@ -74,25 +74,21 @@ class EvaluateConfig:
     report_strips: int = 8
 
     def __post_init__(self):
-        where = "params.yaml [evaluate]"
+        checks = Checks("evaluate")
         unknown = sorted(set(self.metrics) - set(METRICS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"{where}: batch_size must be >= 1, got {self.batch_size}")
-        if not float(self.pattern_min_strength) > 0:
-            raise ConfigError(f"{where}: pattern_min_strength must be > 0, got {self.pattern_min_strength}")
+        checks.require(not unknown, f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        checks.number("batch_size", self.batch_size, minimum=1, integer=True)
+        checks.number("pattern_min_strength", self.pattern_min_strength, above=0)
         if self.image_size is not None:
             size = tuple(self.image_size)
-            if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-                raise ConfigError(f"{where}: image_size must be null or [H, W] positive integers, got {size!r}")
-            self.image_size = size
-        choices = {"resize_filter": SCORING_FILTERS, "fid_reference": ("train", "test"),
-                   "reference_format": ("any", "jpg", "png"), "ssim_data_range": ("generated", "fixed"),
-                   "lpips_net": LPIPS_TRUNKS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{where}: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            if checks.require(len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size),
+                              f"image_size must be null or [H, W] positive integers, got {size!r}"):
+                self.image_size = size
+        for name, allowed in (("resize_filter", SCORING_FILTERS), ("fid_reference", ("train", "test")),
+                              ("reference_format", ("any", "jpg", "png")),
+                              ("ssim_data_range", ("generated", "fixed")), ("lpips_net", LPIPS_TRUNKS)):
+            checks.choice(name, getattr(self, name), allowed)
+        checks.done()
 
 
 @dataclass

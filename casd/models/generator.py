@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from casd.errors import ConfigError
+from casd.config import Checks
 from casd.models.vgg import VGG19Features, device_constant
 
 VGG_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
@@ -70,24 +70,20 @@ class GeneratorConfig:
     init: str = "upstream"         # upstream: weights N(0, 0.02) | fan_in: N(0, 1 / fan_in) (any width)
 
     def __post_init__(self):
+        checks = Checks("model")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "vgg_weights":
-                continue
             if f.name in MODEL_CHOICES:
-                if value not in MODEL_CHOICES[f.name]:
-                    raise ConfigError(f"model.{f.name}: expected {' or '.join(MODEL_CHOICES[f.name])}, got {value!r}")
-                continue
-            if f.name in ("region_colour", "style_vgg"):
-                if not isinstance(value, bool):
-                    raise ConfigError(f"model.{f.name}: expected true or false, got {value!r}")
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{f.name}: expected a positive integer, got {value!r}")
-        if self.width % 4:
-            raise ConfigError(f"model.width: must be divisible by 4 (two halving up-samplings), got {self.width}")
-        if not isinstance(self.vgg_weights, str) or not self.vgg_weights:
-            raise ConfigError(f"model.vgg_weights: expected a path, 'torchvision' or 'none', got {self.vgg_weights!r}")
+                checks.choice(f.name, value, MODEL_CHOICES[f.name])
+            elif f.name in ("region_colour", "style_vgg"):
+                checks.flag(f.name, value)
+            elif f.name != "vgg_weights":
+                checks.number(f.name, value, minimum=1, integer=True)
+        checks.require(not isinstance(self.width, int) or self.width % 4 == 0,
+                       f"width must be divisible by 4 (two halving up-samplings), got {self.width}")
+        checks.require(isinstance(self.vgg_weights, str) and bool(self.vgg_weights),
+                       f"vgg_weights must be a path, 'torchvision' or 'none', got {self.vgg_weights!r}")
+        checks.done()
 
     @property
     def upstream_compatible(self) -> bool:

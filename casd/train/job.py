@@ -6,8 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casd.config import DEFAULT_PARAMS, from_dict
-from casd.errors import ConfigError
+from casd.config import DEFAULT_PARAMS, Checks, from_dict
 from casd.data.config import DataConfig
 from casd.data.pose import PoseConfig
 from casd.losses import LossConfig
@@ -52,26 +51,19 @@ class TrainConfig:
     sample_every: int = 500          # steps between sample grids logged to MLflow; 0 = off
 
     def __post_init__(self):
-        problems = []
-        if self.amp not in AMP_MODES:
-            problems.append(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        for name in ("epochs_constant", "epochs_decay", "save_every", "checkpoint_every_steps", "log_every",
-                     "sample_every", "workers", "threads"):
-            if int(getattr(self, name)) < 0:
-                problems.append(f"{name} must be >= 0")
-        if self.adam not in ADAM_MODES:
-            problems.append(f"adam must be one of {', '.join(ADAM_MODES)}, got {self.adam!r}")
+        checks = Checks("train")
+        checks.choice("amp", self.amp, AMP_MODES)
+        checks.choice("adam", self.adam, ADAM_MODES)
+        counts = [checks.number(name, getattr(self, name), minimum=0, integer=True)
+                  for name in ("epochs_constant", "epochs_decay", "save_every", "checkpoint_every_steps",
+                               "log_every", "sample_every", "workers", "threads")]
         for name in ("pairs_per_epoch", "batch_size", "disc_width", "norm_batch_chunks", "accumulate"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1")
-        if self.epochs_constant + self.epochs_decay < 1:
-            problems.append("epochs_constant + epochs_decay must be >= 1")
-        if not self.lr > 0:
-            problems.append("lr must be > 0")
-        if self.grad_clip < 0:
-            problems.append("grad_clip must be >= 0")
-        if problems:
-            raise ConfigError("params.yaml [train]: " + "; ".join(problems))
+            checks.number(name, getattr(self, name), minimum=1, integer=True)
+        if all(counts[:2]):
+            checks.require(self.epochs_constant + self.epochs_decay >= 1, "epochs_constant + epochs_decay must be >= 1")
+        checks.number("lr", self.lr, above=0)
+        checks.number("grad_clip", self.grad_clip, minimum=0)
+        checks.done()
 
     @property
     def epochs(self) -> int:
