@@ -610,10 +610,10 @@ def write_pairs_csv(path: Path, evaluation: Evaluation) -> None:
 def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows of :func:`write_pairs_csv`, metric cells as float (None where skipped)."""
     names = ["from", "to", "file"]
-    table = pd.read_csv(path, dtype=dict.fromkeys(names, str), keep_default_na=False, na_values=[""],
-                        float_precision="round_trip")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     table[names] = table[names].fillna("")
-    return _records(table)
+    # text -> float by a cast, exact (round trip) on pandas 2 as on 3, unlike read_csv's float parser on 2
+    return _records(table.astype(dict.fromkeys(table.columns.drop(names), float)))
 
 
 def _finite_metrics(numbers: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
