@@ -7,6 +7,7 @@ import csv
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,7 +18,8 @@ from casd.data.config import DataConfig
 from casd.data.images import LIP_TO_REGION, REGION_NAMES, merge_parsing, parsing_onehot, read_image, read_regions
 from casd.data.inputs import ErrorPolicy
 from casd.data.layout import PreparedLayout, flat_category, flat_name, flat_person, raw_file
-from casd.data.tables import read_annotations, read_list, read_pairs, rescale_keypoints, write_annotations
+from casd.data.tables import (read_annotations, read_list, read_pairs, read_pairs_rows, rescale_keypoints,
+                              write_annotations, write_pairs)
 
 GOOD_Y = list(range(10, 28))
 GOOD_X = [5] * 17 + [-1]
@@ -134,6 +136,79 @@ def test_read_annotations_bad_input(tmp_path, rows, header, sep, message):
     with pytest.raises(DataError, match=message) as info:
         read_annotations(path, frame=(256, 176))
     assert str(path) in str(info.value)
+
+
+def test_annotations_agree_with_pandas_as_upstream_reads_them(tmp_path):
+    rng = np.random.default_rng(0)
+    keypoints = {f"fashionWOMENDressesid{i:08d}01_1front.jpg": np.stack([rng.integers(0, 256, 18),
+                                                                         rng.integers(0, 176, 18)], 1)
+                 for i in range(200)}
+    for kp in keypoints.values():
+        kp[rng.random(18) < 0.2] = -1
+    path = tmp_path / "fasion-resize-annotation-test.csv"
+    write_annotations(path, keypoints)
+    assert path.read_text().splitlines()[:2] == [
+        "name:keypoints_y:keypoints_x",
+        f"{next(iter(keypoints))}:{json.dumps(next(iter(keypoints.values()))[:, 0].tolist())}:"
+        f"{json.dumps(next(iter(keypoints.values()))[:, 1].tolist())}"]
+    ours = read_annotations(path, frame=(256, 176))
+    upstream = pd.read_csv(path, sep=":")   # upstream's loader: json.loads of each list, (x, y) stacked
+    assert list(ours) == upstream["name"].tolist() == list(keypoints)
+    for name, ys, xs in upstream.itertuples(index=False):
+        kp = ours[name]
+        assert kp.dtype == np.int64 and kp.shape == (18, 2)
+        assert kp[:, 0].tolist() == json.loads(ys) and kp[:, 1].tolist() == json.loads(xs)
+        assert np.array_equal(kp, keypoints[name])
+
+
+def test_annotation_lists_in_any_json_spelling_read_as_json_does(tmp_path):
+    spellings = ["[" + ",".join(map(str, GOOD_Y)) + "]", "[ " + " ,\t".join(map(str, GOOD_Y)) + " ]",
+                 json.dumps([-0] + GOOD_Y[1:]), json.dumps([2 ** 62] + GOOD_Y[1:])]
+    path = annotation_csv(tmp_path, [[f"{i}.jpg", ys, json.dumps(GOOD_X)] for i, ys in enumerate(spellings)])
+    back = read_annotations(path)
+    assert [kp[:17, 0].tolist() for kp in back.values()] == [json.loads(ys)[:17] for ys in spellings]
+    path = annotation_csv(tmp_path, [row(ys=[2 ** 63] + GOOD_Y[1:])])
+    with pytest.raises(DataError, match=r"row 2: keypoints_y has out-of-range value 9223372036854775808"):
+        read_annotations(path)
+
+
+def test_annotation_errors_name_the_line_and_come_in_row_order(tmp_path):
+    good, bad = ":".join(row("a.jpg")), ":".join(row("b.jpg", xs=GOOD_X[:5]))
+    lines = ["name:keypoints_y:keypoints_x", good, "", "   ", "::", "c.jpg:[1]", good + ":extra", bad,
+             ":".join(row("../d.jpg")), ":".join(row("e.jpg", ys=[-2] + GOOD_Y[1:])), good,
+             '"f:g.jpg":' + ":".join(row()[1:])]
+    path = tmp_path / "ann.csv"
+    path.write_text("\n".join(lines) + "\n")
+    policy = ErrorPolicy("skip")
+    assert list(read_annotations(path, policy=policy)) == ["f:g.jpg"]   # a.jpg twice: neither row counts
+    assert [(row, problem) for _, row, problem in policy.skipped] == [
+        (6, "2 fields, expected 3 (separator ':')"), (7, "4 fields, expected 3 (separator ':')"),
+        (8, "keypoints_x has 5 values, expected 18"),
+        (9, "unsafe file name '../d.jpg' (path separators and '..' are not allowed)"),
+        (10, "e.jpg: negative coordinate other than -1"),
+        (11, "a.jpg annotated twice (each image needs exactly one row)")]
+    assert all(file == str(path) for file, _, _ in policy.skipped)
+    # fail: the first bad row's problem, whatever kind of check finds a later one first
+    path.write_text("\n".join([lines[0], bad, "c.jpg:[1]"]) + "\n")
+    with pytest.raises(DataError, match=r"ann.csv, row 2: keypoints_x has 5 values, expected 18$"):
+        read_annotations(path)
+
+
+def test_pairs_round_trip_field_counts_and_pandas(tmp_path):
+    path = tmp_path / "fasion-resize-pairs-test.csv"
+    pairs = [("a.jpg", "b.jpg"), ("b,c.jpg", "a.jpg"), ('q"uote.jpg', "a.jpg")]
+    write_pairs(path, pairs)
+    assert path.read_bytes() == b'from,to\na.jpg,b.jpg\n"b,c.jpg",a.jpg\n"q""uote.jpg",a.jpg\n'
+    assert read_pairs(path) == pairs == list(pd.read_csv(path).itertuples(index=False, name=None))
+    path.write_text("from,to\na.jpg,b.jpg\n\n , \nb.jpg\na.jpg,b.jpg,c.jpg\nb.jpg , a.jpg\n")
+    policy = ErrorPolicy("skip")
+    assert read_pairs_rows(path, policy) == [(2, "a.jpg", "b.jpg"), (7, "b.jpg", "a.jpg")]
+    assert [(row, problem) for _, row, problem in policy.skipped] == [(5, "1 fields, expected 2"),
+                                                                       (6, "3 fields, expected 2")]
+    path.write_text("to,from\nb.jpg,a.jpg\n")
+    assert read_pairs(path) == [("a.jpg", "b.jpg")]
+    write_pairs(path, [])
+    assert path.read_text() == "from,to\n" and read_pairs(path) == []
 
 
 def test_missing_joint_y_minus_one_with_valid_x_is_not_outside(tmp_path):

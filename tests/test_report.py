@@ -311,3 +311,47 @@ def test_repository_params_build_the_evaluate_config(name):
         pytest.skip(f"{name} not in this checkout")
     config = from_dict(evaluate.EvaluateConfig, load_params(path)["evaluate"], "evaluate")
     assert set(config.metrics) == set(evaluate.METRICS)
+
+
+def test_pairs_csv_format_and_round_trip(tmp_path):
+    pairs = [evaluate.Pair("a,1.jpg", "b.jpg", "0.png"), evaluate.Pair("b.jpg", 'a"2.jpg', "1.png"),
+             evaluate.Pair("c.jpg", "b.jpg", "2.png")]
+    per_pair = {"psnr": np.array([30.5, np.inf, 0.1 + 0.2]), "ssim": np.array([0.5, np.nan, 1e-20]),
+                "lpips": np.array([0.25, 0.5, 0.75], dtype=np.float32), "baseline_ssim": np.full(3, np.nan)}
+    evaluation = evaluate.Evaluation(pairs, {}, per_pair, {}, {}, reader=None)
+    path = tmp_path / "eval_pairs.csv"
+    evaluate.write_pairs_csv(path, evaluation)
+    # PER_PAIR's order, repr of each float64 (float32 widened), empty cells where skipped, CRLF as csv.writer
+    assert path.read_bytes() == (
+        b"from,to,file,ssim,psnr,lpips,baseline_ssim\r\n"
+        b'"a,1.jpg",b.jpg,0.png,0.5,30.5,0.25,\r\n'
+        b'b.jpg,"a""2.jpg",1.png,,inf,0.5,\r\n'
+        b"c.jpg,b.jpg,2.png,1e-20,0.30000000000000004,0.75,\r\n")
+    rows = evaluation.rows()
+    assert rows[1] == {"from": "b.jpg", "to": 'a"2.jpg', "file": "1.png", "psnr": float("inf"), "ssim": None,
+                       "lpips": 0.5, "baseline_ssim": None}
+    assert all(type(r[k]) is float for r in rows for k in ("psnr", "lpips"))
+    back = evaluate.read_pairs_csv(path)
+    assert back == [{k: r[k] for k in ("from", "to", "file", "ssim", "psnr", "lpips", "baseline_ssim")} for r in rows]
+    assert back[2]["psnr"] == 0.1 + 0.2   # floats read back exactly
+
+
+def test_loss_csv_keeps_its_format_and_the_report_charts_it(tmp_path):
+    from casd.evaluation.report import loss_curves
+    from casd.train.loop import write_loss_csv
+
+    history = [{"epoch": 1, "step": 10, "lr": 0.001, "l1": 0.123456789, "g_total": 3.0, "samples_per_s": 4.25},
+               {"epoch": 2, "step": 20, "lr": 0, "g_total": float("nan"), "samples_per_s": 1234567.0},
+               {"epoch": 3, "step": 30, "lr": 5e-4, "l1": float("inf"), "g_total": -0.0, "samples_per_s": 4.0}]
+    path = tmp_path / "train_loss.csv"
+    write_loss_csv(path, history)
+    assert path.read_text() == ("epoch,step,lr,l1,g_total,samples_per_s\n"
+                                "1,10,0.001,0.123457,3,4.25\n"
+                                "2,20,0,nan,nan,1.23457e+06\n"
+                                "3,30,0.0005,inf,-0,4\n")
+    charts = loss_curves(path)
+    assert [s.split('"')[0] for s in charts.split('data-series="')[1:]] == ["lr", "l1", "g_total", "samples_per_s"]
+    path.write_text("epoch,step,l1\n")
+    assert "has no rows" in loss_curves(path)
+    path.write_text("")
+    assert "has no rows" in loss_curves(path)

@@ -9,16 +9,27 @@ stage's :class:`~casd.data.inputs.ErrorPolicy`.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from casd.data.inputs import ErrorPolicy
 from casd.errors import DataError
 from casd.fileio import atomic_path, safe_name, write_text
 
 NUM_KEYPOINTS = 18  # OpenPose-18 joints, (y, x) each
+ANNOTATION_COLUMNS = ["name", "keypoints_y", "keypoints_x"]
+
+_WHITESPACE = "".join(filter(str.isspace, map(chr, range(0x3001))))  # what str.strip() strips (none above U+3000)
+_UNSAFE_NAME = r"^\.?$|^\.\.|[/\\\x00]"  # the names safe_name may refuse: empty, ".", "..*", a separator, NUL
+_JSON_SPACE = "[ \t\n\r]*"
+_INT64 = "-?(?:0|[1-9][0-9]{0,17})"  # a JSON integer of at most 18 digits: fits int64
+_KEYPOINT_LIST = (rf"\[{_JSON_SPACE}(?:{_INT64}{_JSON_SPACE},{_JSON_SPACE}){{{NUM_KEYPOINTS - 1}}}"
+                  rf"{_INT64}{_JSON_SPACE}\]")
+_BRACKETS = str.maketrans("[]", "  ")
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -58,8 +69,15 @@ def read_list(path: str | Path, policy: ErrorPolicy | None = None) -> list[str]:
     return names
 
 
-def _open_csv(path: Path, separator: str, header: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Read a small CSV, checking separator and the columns named in ``header``."""
+def _read_table(path: Path, separator: str, header: list[str],
+                field_hint: str = "") -> tuple[pd.DataFrame, list[DataError]]:
+    """The rows of a small CSV: the columns named in ``header``, stripped, indexed by row number (line number,
+    the header is row 1); blank rows left out. Also the problems found: a row with another number of fields
+    than the header's (``field_hint`` appended to its message).
+
+    The fields are split by :mod:`csv` (quotes honoured, one row a line): unlike ``pd.read_csv``, which pads a
+    short row, it tells ``a:b`` (2 fields) from ``a:b:`` (3, the last empty), and splits as fast.
+    """
     lines = _read_text(path, "file").splitlines()
     if not lines or not lines[0].strip():
         raise DataError(path, "empty file, expected a header line " + separator.join(header))
@@ -74,27 +92,49 @@ def _open_csv(path: Path, separator: str, header: list[str]) -> tuple[list[str],
     if missing:
         raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {separator.join(columns)}, "
                               f"expected {separator.join(header)}", 1)
-    return columns, list(reader)
+    rows = list(reader)
+    counts = np.fromiter(map(len, rows), dtype=np.intp, count=len(rows))
+    fits = counts == len(columns)
+    problems = [DataError(path, f"{counts[i]} fields, expected {len(columns)}{field_hint}", int(i) + 2)
+                for i in np.flatnonzero(~fits) if any(v.strip() for v in rows[i])]
+    table = pd.DataFrame(list(itertools.compress(rows, fits)), index=np.flatnonzero(fits) + 2,
+                         columns=range(len(columns)), dtype="string")
+    table = table.apply(lambda column: column.str.strip(_WHITESPACE))
+    table = table[table.ne("").any(axis=1)]
+    table = table[[columns.index(c) for c in header]]
+    table.columns = header
+    return table, problems
+
+
+def _unsafe_names(table: pd.DataFrame, columns: list[str], path: Path, problems: list[DataError]) -> pd.Series:
+    """Rows with a name that :func:`~casd.fileio.safe_name` refuses (in ``columns``, checked in that order);
+    their problems appended to ``problems``."""
+    suspect = np.logical_or.reduce([table[c].str.contains(_UNSAFE_NAME).to_numpy(bool) for c in columns])
+    unsafe = pd.Series(False, index=table.index)
+    for row in table.index[suspect].tolist():
+        try:
+            for c in columns:
+                safe_name(table.at[row, c], path, row)
+        except DataError as e:
+            problems.append(e)
+            unsafe.loc[row] = True
+    return unsafe
+
+
+def _handle(policy: ErrorPolicy, problems: list[DataError]) -> None:
+    """Hand ``problems`` to ``policy`` in row order (at most one a row): ``fail`` raises the first row's."""
+    for problem in sorted(problems, key=lambda e: e.row):
+        policy.handle(problem)
 
 
 def read_pairs_rows(path: str | Path, policy: ErrorPolicy | None = None) -> list[tuple[int, str, str]]:
     """Pairs CSV (header ``from,to``) -> [(row number, source name, target name)], names checked to be plain."""
     policy = policy or ErrorPolicy()
     path = Path(path)
-    columns, rows = _open_csv(path, ",", ["from", "to"])
-    i_from, i_to = columns.index("from"), columns.index("to")
-    pairs: list[tuple[int, str, str]] = []
-    for row, values in enumerate(rows, start=2):
-        if not values or all(not v.strip() for v in values):
-            continue
-        try:
-            if len(values) != len(columns):
-                raise DataError(path, f"{len(values)} fields, expected {len(columns)}", row)
-            source, target = values[i_from].strip(), values[i_to].strip()
-            pairs.append((row, safe_name(source, path, row), safe_name(target, path, row)))
-        except DataError as e:
-            policy.handle(e)
-    return pairs
+    table, problems = _read_table(path, ",", ["from", "to"])
+    table = table[~_unsafe_names(table, ["from", "to"], path, problems)]
+    _handle(policy, problems)
+    return list(zip(table.index.tolist(), table["from"].tolist(), table["to"].tolist()))
 
 
 def read_pairs(path: str | Path, policy: ErrorPolicy | None = None) -> list[tuple[str, str]]:
@@ -122,7 +162,57 @@ def parse_keypoint_list(text: str, path: str | Path, row: int, column: str) -> l
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int)]
     if bad:
         raise DataError(path, f"{column} has non-integer value {bad[0]!r}", row)
+    huge = [v for v in values if not -2 ** 63 <= v < 2 ** 63]
+    if huge:
+        raise DataError(path, f"{column} has out-of-range value {huge[0]}", row)
     return values
+
+
+def _parse_keypoints(table: pd.DataFrame, path: Path, problems: list[DataError]) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 (N, 18, 2) (y, x) of every row, whether its two lists parsed); the problems appended.
+
+    Lists of 18 plain integers (the whole of a sound file) are recognised and parsed all at once; the few
+    others one by one with :func:`parse_keypoint_list`, which names their problem.
+    """
+    ys, xs = table["keypoints_y"], table["keypoints_x"]
+    fast = (ys.str.fullmatch(_KEYPOINT_LIST) & xs.str.fullmatch(_KEYPOINT_LIST)).to_numpy(bool)
+    keypoints = np.zeros((len(table), NUM_KEYPOINTS, 2), dtype=np.int64)
+    if fast.any():
+        text = ys[fast].str.cat(sep=",") + "," + xs[fast].str.cat(sep=",")
+        values = np.fromstring(text.translate(_BRACKETS), dtype=np.int64, sep=",")
+        keypoints[fast] = values.reshape(2, -1, NUM_KEYPOINTS).transpose(1, 2, 0)
+    parsed = fast.copy()
+    for i in np.flatnonzero(~fast):
+        row = int(table.index[i])
+        try:
+            keypoints[i] = np.stack([parse_keypoint_list(ys.iat[i], path, row, "keypoints_y"),
+                                     parse_keypoint_list(xs.iat[i], path, row, "keypoints_x")], axis=1)
+        except DataError as e:
+            problems.append(e)
+            continue
+        parsed[i] = True
+    return keypoints, parsed
+
+
+def _check_coordinates(keypoints: np.ndarray, names: pd.Series, frame: tuple[int, int] | None, path: Path,
+                       problems: list[DataError]) -> np.ndarray:
+    """Mark a joint with a -1 coordinate missing altogether (in place); whether each row's coordinates are
+    sound: -1 or >= 0, and inside ``frame`` when given. The problems appended."""
+    missing = (keypoints == -1).any(axis=2)
+    keypoints[missing] = -1
+    negative = ((keypoints < 0) & ~missing[..., None]).any(axis=(1, 2))
+    problems += [DataError(path, f"{names.iat[i]}: negative coordinate other than -1", int(names.index[i]))
+                 for i in np.flatnonzero(negative)]
+    sound = ~negative
+    if frame is not None:
+        outside = ~missing & ((keypoints[..., 0] >= frame[0]) | (keypoints[..., 1] >= frame[1])) & sound[:, None]
+        for i in np.flatnonzero(outside.any(axis=1)):
+            j = int(np.argmax(outside[i]))
+            problems.append(DataError(path, f"{names.iat[i]}: keypoint {j} at (y={keypoints[i, j, 0]}, "
+                                            f"x={keypoints[i, j, 1]}) is outside the {frame[0]}x{frame[1]} "
+                                            "annotation frame", int(names.index[i])))
+            sound[i] = False
+    return sound
 
 
 def read_annotations(path: str | Path, frame: tuple[int, int] | None = None,
@@ -132,44 +222,25 @@ def read_annotations(path: str | Path, frame: tuple[int, int] | None = None,
     ``frame`` (H, W): when given, every coordinate must be -1 (missing) or
     inside ``[0, H) x [0, W)``; a joint with only one of y, x missing is
     treated as missing altogether. A name with two rows is an error and,
-    skipped, has no keypoints.
+    skipped, has no keypoints. The rows are checked all at once; each bad
+    row's first problem goes to ``policy``, in row order.
     """
     policy = policy or ErrorPolicy()
     path = Path(path)
-    header = ["name", "keypoints_y", "keypoints_x"]
-    columns, rows = _open_csv(path, ":", header)
-    index = [columns.index(c) for c in header]
-    out: dict[str, np.ndarray] = {}
-    seen: set[str] = set()
-    for row, values in enumerate(rows, start=2):
-        if not values or all(not v.strip() for v in values):
-            continue
-        try:
-            if len(values) != len(columns):
-                raise DataError(path, f"{len(values)} fields, expected {len(columns)} (separator ':')", row)
-            name, ys, xs = (values[i].strip() for i in index)
-            safe_name(name, path, row)
-            if name in seen:
-                out.pop(name, None)
-                raise DataError(path, f"{name} annotated twice (each image needs exactly one row)", row)
-            seen.add(name)
-            kp = np.stack([parse_keypoint_list(ys, path, row, "keypoints_y"),
-                           parse_keypoint_list(xs, path, row, "keypoints_x")], axis=1).astype(np.int64)
-            missing = (kp == -1).any(axis=1)
-            kp[missing] = -1
-            if (kp[~missing] < 0).any():
-                raise DataError(path, f"{name}: negative coordinate other than -1", row)
-            if frame is not None:
-                outside = ~missing & ((kp[:, 0] >= frame[0]) | (kp[:, 1] >= frame[1]))
-                if outside.any():
-                    j = int(np.flatnonzero(outside)[0])
-                    raise DataError(path, f"{name}: keypoint {j} at (y={kp[j, 0]}, x={kp[j, 1]}) is outside "
-                                          f"the {frame[0]}x{frame[1]} annotation frame", row)
-        except DataError as e:
-            policy.handle(e)
-            continue
-        out[name] = kp
-    return out
+    table, problems = _read_table(path, ":", ANNOTATION_COLUMNS, " (separator ':')")
+    table = table[~_unsafe_names(table, ["name"], path, problems)]
+    again = table["name"].duplicated()
+    problems += [DataError(path, f"{name} annotated twice (each image needs exactly one row)", row)
+                 for row, name in zip(table.index[again].tolist(), table["name"][again].tolist())]
+    twice = table["name"].duplicated(keep=False)[~again].to_numpy(bool)
+    table = table[~again]
+    keypoints, parsed = _parse_keypoints(table, path, problems)
+    names = table["name"][parsed]
+    keypoints = keypoints[parsed]
+    sound = _check_coordinates(keypoints, names, frame, path, problems)
+    _handle(policy, problems)
+    keep = sound & ~twice[parsed]
+    return dict(zip(names[keep].tolist(), keypoints[keep]))
 
 
 def rescale_keypoints(keypoints: np.ndarray, annotation_size: tuple[int, int], image_size: tuple[int, int],

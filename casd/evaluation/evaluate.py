@@ -8,7 +8,6 @@ stdout and in MLflow tags. ``baseline``: the same scores for a model that return
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -158,15 +158,20 @@ class Evaluation:
     skipped: dict[str, str]
     reader: "_Reader"
 
+    def table(self) -> pd.DataFrame:
+        """One row per pair: ``from``, ``to``, ``file`` and its scores (float64, NaN where skipped)."""
+        return pd.DataFrame({"from": [p.source for p in self.pairs], "to": [p.target for p in self.pairs],
+                             "file": [p.file for p in self.pairs],
+                             **{name: np.asarray(v, dtype=np.float64) for name, v in self.per_pair.items()}})
+
     def rows(self) -> list[dict[str, Any]]:
         """One mapping per pair (``from``, ``to``, ``file`` and its scores; None where skipped)."""
-        out = []
-        for i, p in enumerate(self.pairs):
-            row: dict[str, Any] = {"from": p.source, "to": p.target, "file": p.file}
-            for name, values in self.per_pair.items():
-                row[name] = float(values[i]) if math.isfinite(values[i]) or math.isinf(values[i]) else None
-            out.append(row)
-        return out
+        return _records(self.table())
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``table`` as mappings of Python values, None for NaN."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 # --------------------------------------------------------------------------- networks
@@ -591,25 +596,20 @@ def _pairs_parsing_or_skip(pairs: Sequence[Pair], paths: EvaluatePaths, metric: 
 
 
 def write_pairs_csv(path: Path, evaluation: Evaluation) -> None:
-    """One row per pair; a metric that was skipped has empty cells (never a made-up number)."""
+    """One row per pair; a metric that was skipped has empty cells (never a made-up number). Floats as
+    ``repr`` writes them (round trip), CRLF line ends."""
     names = [f"{p}{m}" for p in ("", "baseline_") for m in PER_PAIR if f"{p}{m}" in evaluation.per_pair]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["from", "to", "file", *names])
-        for row in evaluation.rows():
-            writer.writerow([row["from"], row["to"], row["file"],
-                             *["" if row[c] is None else repr(row[c]) for c in names]])
+    with atomic_path(path) as tmp:
+        evaluation.table()[["from", "to", "file", *names]].to_csv(tmp, index=False, lineterminator="\r\n")
 
 
 def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows of :func:`write_pairs_csv`, metric cells as float (None where skipped)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in list(row):
-            if key not in ("from", "to", "file"):
-                row[key] = float(row[key]) if row[key] != "" else None
-    return rows
+    names = ["from", "to", "file"]
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    table[names] = table[names].fillna("")
+    # text -> float by a cast, exact (round trip) on pandas 2 as on 3, unlike read_csv's float parser on 2
+    return _records(table.astype(dict.fromkeys(table.columns.drop(names), float)))
 
 
 def _finite_metrics(numbers: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:

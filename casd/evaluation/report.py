@@ -8,7 +8,6 @@ Built from :class:`ReportInputs`: data and picture callables handed over by the 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import math
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from casd.data.images import read_image
@@ -178,23 +178,14 @@ def loss_curves(loss_csv: Path) -> str:
     if not loss_csv.is_file():
         return f'<p class="note">No training curves: {html.escape(str(loss_csv))} not found ' \
                '(e.g. an upstream release checkpoint was evaluated).</p>'
-    with open(loss_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    try:  # a cell that is not a number (or missing) is a gap in its curve
+        table = pd.read_csv(loss_csv, index_col=False).apply(pd.to_numeric, errors="coerce")
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame()
+    if table.empty:
         return f'<p class="note">{html.escape(str(loss_csv))} has no rows.</p>'
-    x_name = "step" if "step" in rows[0] else next(iter(rows[0]))
-
-    def column(name: str) -> list[float]:
-        out = []
-        for row in rows:
-            try:
-                out.append(float(row[name]))
-            except (TypeError, ValueError):
-                out.append(float("nan"))
-        return out
-
-    xs = column(x_name)
-    charts = [svg_curve(xs, column(name), name) for name in rows[0] if name not in (x_name, "epoch")]
+    x_name = "step" if "step" in table else table.columns[0]
+    charts = [svg_curve(table[x_name], table[name], name) for name in table if name not in (x_name, "epoch")]
     return '<div class="curves">' + "".join(c for c in charts if c) + "</div>"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -27,7 +28,7 @@ from casd.checkpoints import save_checkpoint, save_generator
 from casd.data.dataset import EpochPairSampler, PairBatch, PairDataset
 from casd.data.layout import PREPARED, PreparedLayout
 from casd.errors import CasdError, ConfigError
-from casd.fileio import remove_temp_files, write_json, write_text
+from casd.fileio import atomic_path, remove_temp_files, write_json
 from casd.losses import DISCRIMINATOR_TERMS, TERMS, Objective, random_backbones
 from casd.models.discriminator import Discriminator
 from casd.models.generator import Generator
@@ -85,11 +86,9 @@ def write_loss_csv(path: Path, history: list[dict]) -> None:
     if not history:
         return
     columns = ["epoch", "step", "lr", *[k for k in LOGGED_TERMS if k in history[-1]], "samples_per_s"]
-    lines = [",".join(columns)]
-    for row in history:
-        lines.append(",".join(str(row[c]) if c in ("epoch", "step") else f"{row.get(c, float('nan')):.6g}"
-                              for c in columns))
-    write_text(path, "\n".join(lines) + "\n")
+    table = pd.DataFrame(history, columns=columns).astype(dict.fromkeys(columns[2:], float))
+    with atomic_path(path) as tmp:  # the numbers as %.6g, a term absent from a row as nan
+        table.to_csv(tmp, index=False, float_format="%.6g", na_rep="nan", lineterminator="\n")
 
 
 def check_finite(logged: dict[str, float], progress: train_state.Progress, checkpoint_dir: Path) -> None:
