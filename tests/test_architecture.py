@@ -12,7 +12,7 @@ MAX_CLASS_LINES = 250
 # Still over the limit, each to be split (the list may only shrink; a new long definition fails the test):
 # the app's page builder (its script and handlers to a static file and methods), the synthetic label drawing,
 # the split stage, and the Trainer (state_dict / load_state_dict of its own, the output writer outside it).
-STILL_LONG = {"casd/data/prepare.py split"}
+STILL_LONG: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:

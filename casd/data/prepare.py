@@ -89,7 +89,7 @@ def _finish(folder: Path, settings: dict, done: dict[str, str], keep: set[str]) 
 
 # --------------------------------------------------------------------------- split
 
-def _place(job: tuple[str, str, str]) -> Result:
+def _place_one(job: tuple[str, str, str]) -> Result:
     """Hard-link (or copy) one image to its flat name, atomically, unless the same content is there."""
     real, shown, target = job
     name = os.path.basename(target)
@@ -132,83 +132,26 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
     if not tree.is_dir():
         raise DataError(tree, "image tree not found")
     guard.resolve(tree)
-
     list_paths = {phase: raw_dir / list_file(phase) for phase in PHASES}
-    lists = {}
-    for phase, path in list_paths.items():
-        guard.resolve(path)
-        lists[phase] = read_list(path, policy)
-    in_train = set(lists["train"])
-    for name in [n for n in lists["test"] if n in in_train]:
-        policy.handle(DataError(list_paths["test"], f"{name} is listed in train.lst too (train and test must be "
-                                                    "disjoint); dropped from test"))
-    lists["test"] = [n for n in lists["test"] if n not in in_train]
-
-    found: dict[str, tuple[Path, Path]] = {}   # flat name -> (path under raw_dir, real path)
-    for path, real in guard.walk(tree, ".jpg", policy):
-        try:
-            name = flat_name(path.relative_to(tree))
-            if name in found:
-                raise DataError(path, f"flat name {name} already taken by {found[name][0]}")
-        except DataError as e:
-            policy.handle(e)
-            continue
-        found[name] = (path, real)
+    lists = _read_lists(list_paths, guard, policy)
+    found = _find_images(tree, guard, policy)
 
     summary: dict[str, object] = {}
     placed: dict[str, set[str]] = {}
     skipped: dict[str, str] = {}   # image -> why it is not placed (named by the pairs it takes along)
     sources: list[tuple[str, str, str]] = []
     for phase in PHASES:
-        names = []
-        for name in lists[phase]:
-            if name in found:
-                names.append(name)
-                continue
-            skipped[name] = f"listed in {list_file(phase)} but not under {IMAGE_TREE}/"
-            policy.handle(DataError(list_paths[phase], f"{name} is listed but no image under {tree} has that flat "
-                                                       "name"))
-        annotation_path = raw_file(raw_dir, annotation_file(phase))
-        guard.resolve(annotation_path)
-        annotated = read_annotations(annotation_path, data.annotation_size, policy)
-        for name in [n for n in names if n not in annotated]:
-            skipped[name] = f"no valid row in {annotation_path.name}"
-            policy.handle(DataError(annotation_path, f"{name} (in {list_file(phase)}) has no valid row; every listed "
-                                                     "image needs exactly one"))
-        names = [n for n in names if n in annotated]
-
-        target_dir = out_dir / phase
-        done: dict[str, str] = {}
-        try:
-            jobs = [(str(found[n][1]), str(found[n][0]), str(target_dir / n)) for n in names]
-            _run_jobs(_place, jobs, data.workers, f"split {phase}", policy, done, threads=True)
-        finally:
-            remove_temp_files(target_dir)
-        placed[phase] = set(done)
-        for name in set(names) - placed[phase]:
-            skipped[name] = f"could not be placed from {found[name][0]}"
-        _remove_stale(target_dir, placed[phase], ".jpg")
+        names = _annotated(phase, lists[phase], found, raw_dir, data, guard, policy, skipped)
+        placed[phase] = _place(phase, names, found, out_dir / phase, data.workers, policy, skipped)
         sources += [(phase, n, str(found[n][0])) for n in names if n in placed[phase]]
         summary[phase] = {"listed": len(lists[phase]), "placed": len(placed[phase])}
 
-    listed = set(lists["train"]) | set(lists["test"]) | in_train
+    listed = set(lists["train"]) | set(lists["test"]) | lists["dropped_from_test"]
     unlisted = sorted(n for n in found if n not in listed)
     _warn(f"images under {tree} in neither list", unlisted)
     summary["unlisted"] = unlisted
-
     for phase in PHASES:
-        source = raw_file(raw_dir, pairs_file(phase))
-        guard.resolve(source)
-        pairs = []
-        for row, a, b in read_pairs_rows(source, policy):
-            absent = [n for n in (a, b) if n not in placed[phase]]
-            if absent:
-                why = "; ".join(f"{n} {skipped.get(n, f'is not among the {phase} images')}" for n in absent)
-                policy.handle(DataError(source, f"pair dropped: {why}", row))
-                continue
-            pairs.append((a, b))
-        write_pairs(out_dir / f"pairs-{phase}.csv", pairs)
-        summary[phase]["pairs"] = len(pairs)  # type: ignore[index]
+        summary[phase]["pairs"] = _split_pairs(phase, raw_dir, out_dir, guard, policy, placed[phase], skipped)
     with atomic_path(out_dir / SOURCES) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["phase", "name", "source"])
@@ -220,6 +163,95 @@ def split(data: DataConfig, raw_dir: str | Path | None = None, out_dir: str | Pa
     for phase in PHASES:
         require_written("split", phase, len(lists[phase]), len(placed[phase]), list_paths[phase])
     return summary
+
+
+def _read_lists(list_paths: dict[str, Path], guard: InputGuard, policy: ErrorPolicy) -> dict:
+    """{phase: listed names}; a test name also listed for train is dropped from test (kept under
+    ``"dropped_from_test"``, a set, so that it does not count as unlisted)."""
+    lists: dict = {}
+    for phase, path in list_paths.items():
+        guard.resolve(path)
+        lists[phase] = read_list(path, policy)
+    in_train = set(lists["train"])
+    both = [n for n in lists["test"] if n in in_train]
+    for name in both:
+        policy.handle(DataError(list_paths["test"], f"{name} is listed in train.lst too (train and test must be "
+                                                    "disjoint); dropped from test"))
+    lists["test"] = [n for n in lists["test"] if n not in in_train]
+    lists["dropped_from_test"] = set(both)
+    return lists
+
+
+def _find_images(tree: Path, guard: InputGuard, policy: ErrorPolicy) -> dict[str, tuple[Path, Path]]:
+    """{flat name: (path under the raw folder, real path)} of every picture under ``tree``; names unique."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for path, real in guard.walk(tree, ".jpg", policy):
+        try:
+            name = flat_name(path.relative_to(tree))
+            if name in found:
+                raise DataError(path, f"flat name {name} already taken by {found[name][0]}")
+        except DataError as e:
+            policy.handle(e)
+            continue
+        found[name] = (path, real)
+    return found
+
+
+def _annotated(phase: str, listed: list[str], found: dict, raw_dir: Path, data: DataConfig, guard: InputGuard,
+               policy: ErrorPolicy, skipped: dict[str, str]) -> list[str]:
+    """The listed names of ``phase`` with a picture and exactly one valid annotation row; the others in
+    ``skipped`` (name -> why) and reported."""
+    list_path = raw_dir / list_file(phase)
+    names = []
+    for name in listed:
+        if name in found:
+            names.append(name)
+            continue
+        skipped[name] = f"listed in {list_file(phase)} but not under {IMAGE_TREE}/"
+        policy.handle(DataError(list_path, f"{name} is listed but no image under {raw_dir / IMAGE_TREE} has that "
+                                           "flat name"))
+    annotation_path = raw_file(raw_dir, annotation_file(phase))
+    guard.resolve(annotation_path)
+    annotated = read_annotations(annotation_path, data.annotation_size, policy)
+    for name in [n for n in names if n not in annotated]:
+        skipped[name] = f"no valid row in {annotation_path.name}"
+        policy.handle(DataError(annotation_path, f"{name} (in {list_file(phase)}) has no valid row; every listed "
+                                                 "image needs exactly one"))
+    return [n for n in names if n in annotated]
+
+
+def _place(phase: str, names: list[str], found: dict, target_dir: Path, workers: int, policy: ErrorPolicy,
+           skipped: dict[str, str]) -> set[str]:
+    """Copy (or link) the pictures of ``names`` into ``target_dir``, in parallel; the names placed. Pictures
+    of earlier runs that are no longer placed are removed."""
+    done: dict[str, str] = {}
+    try:
+        jobs = [(str(found[n][1]), str(found[n][0]), str(target_dir / n)) for n in names]
+        _run_jobs(_place_one, jobs, workers, f"split {phase}", policy, done, threads=True)
+    finally:
+        remove_temp_files(target_dir)
+    placed = set(done)
+    for name in set(names) - placed:
+        skipped[name] = f"could not be placed from {found[name][0]}"
+    _remove_stale(target_dir, placed, ".jpg")
+    return placed
+
+
+def _split_pairs(phase: str, raw_dir: Path, out_dir: Path, guard: InputGuard, policy: ErrorPolicy,
+                 placed: set[str], skipped: dict[str, str]) -> int:
+    """Write ``pairs-<phase>.csv`` of the raw pairs whose two pictures were placed; the number written."""
+    source = raw_file(raw_dir, pairs_file(phase))
+    guard.resolve(source)
+    pairs = []
+    for row, a, b in read_pairs_rows(source, policy):
+        absent = [n for n in (a, b) if n not in placed]
+        if absent:
+            why = "; ".join(f"{n} {skipped.get(n, f'is not among the {phase} images')}" for n in absent)
+            policy.handle(DataError(source, f"pair dropped: {why}", row))
+            continue
+        pairs.append((a, b))
+    write_pairs(out_dir / f"pairs-{phase}.csv", pairs)
+    return len(pairs)
 
 
 # --------------------------------------------------------------------------- resize
