@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: a tiny prepared dataset written directly, tiny training params, tiny
-generators and their files, what the test stage leaves behind, a free port and a served MLflow process."""
+generators and their files, what the test stage leaves behind, a tiny git + DVC copy of the project's last three
+stages, a free port and a served MLflow process."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from casd.data.tables import write_pairs
@@ -29,6 +31,7 @@ from casd.losses import LossConfig
 from casd.models.generator import Generator, GeneratorConfig
 
 SIZE = [32, 24]
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def write_prepared(root, size=(32, 24), identities=3, poses=3, test_identities=1, seed=0):
@@ -161,6 +164,66 @@ def fake_test_stage(root, paths, count=6, strips=2):
         {"complete": True, "pairs": rows, "strips": [r[2] for r in rows[:strips]], "image_size": [64, 44],
          "checkpoint_source": "casd"}))
     return rows
+
+
+def tiny_pipeline_params(tracking: bool = True) -> dict:
+    """params.yaml with tiny widths, one epoch of 8 pairs, CPU, SSIM and PSNR only: the train, test and
+    evaluate stages in seconds on the 64x44 ``tiny_prepared`` set; MLflow in the repository's sqlite store,
+    or off (the section stays: the evaluate stage depends on it)."""
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["data"].update(image_size=[64, 44], annotation_size=[128, 88])
+    params["model"].update(pose_width=8, style_width=8, width=16, mlp_width=16, adain_blocks=1, modulated_blocks=1)
+    params["train"].update(epochs_constant=1, epochs_decay=0, pairs_per_epoch=8, batch_size=4, threads=1,
+                           checkpoint_every_steps=0, save_every=1, log_every=1, sample_every=0, device="cpu")
+    params["test"].update(device="cpu", strips=2, batch_size=8)
+    params["evaluate"].update(metrics=["ssim", "psnr"], device="cpu", fid_cache=False, threads=1,
+                              report_pairs=1, report_strips=2, batch_size=8)
+    params["tracking"] = {"enabled": tracking, "uri": "sqlite:///mlflow.db", "experiment": "casd"}
+    return params
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict, timeout: float = 120) -> str:
+    """stdout of ``cmd`` run in ``cwd``; a non-zero exit fails the test with the ends of both streams."""
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+PIPELINE_TAIL = ("train", "test", "evaluate")
+
+
+def tiny_dvc_repo(repo: Path, prepared: Path, params: dict) -> dict:
+    """A committed git + DVC repository in ``repo``: the project's train, test and evaluate stages and its
+    artifacts (dvc.yaml, as they are), the package sources, the project's .gitignore and .dvcignore,
+    ``params`` as params.yaml and the prepared data set ``prepared`` (split, resized, pose, parsing)
+    ``dvc add``-ed. Returns the environment to run git and DVC in it (no MLflow or DVC settings inherited)."""
+    repo.mkdir(parents=True)
+    pipeline = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {s: pipeline["stages"][s] for s in PIPELINE_TAIL}, "artifacts": pipeline["artifacts"]},
+        sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for folder in ("casd", "stages"):
+        shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("split", "resized", "pose", "parsing"):
+        shutil.copytree(prepared / folder, repo / "data" / folder)
+    # the project's ignore rules as they are, but for /data/: here the prepared set is dvc add-ed (in the
+    # project, stage outputs), so data/ holds .dvc files for git, and DVC's data/.gitignore keeps the data out
+    ignored = (PROJECT / ".gitignore").read_text()
+    assert "\n/data/\n" in ignored
+    (repo / ".gitignore").write_text(ignored.replace("\n/data/\n", "\n"))
+    shutil.copy(PROJECT / ".dvcignore", repo / ".dvcignore")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(GIT_AUTHOR_NAME="casd", GIT_AUTHOR_EMAIL="casd@localhost", GIT_COMMITTER_NAME="casd",
+               GIT_COMMITTER_EMAIL="casd@localhost", DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1",
+               OMP_NUM_THREADS="1")
+    run_ok(["git", "init", "-q", "-b", "main"], repo, env)
+    run_ok(["dvc", "init", "-q"], repo, env)
+    run_ok(["dvc", "add", "-q", *(f"data/{f}" for f in ("split", "resized", "pose", "parsing"))], repo, env)
+    run_ok(["git", "add", "-A"], repo, env)
+    run_ok(["git", "commit", "-q", "-m", "tiny project"], repo, env)
+    return env
 
 
 def free_port() -> int:

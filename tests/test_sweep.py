@@ -24,35 +24,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from casd.tracking import runs_page
-from helpers import chromium, mlflow_process, render_page
+from helpers import chromium, mlflow_process, render_page, run_ok, tiny_dvc_repo, tiny_pipeline_params
 
 pytestmark = pytest.mark.slow
 
-PROJECT = Path(__file__).resolve().parents[1]
-STAGES = ("train", "test", "evaluate")
 LRS = ("0.001", "0.002")
-
-
-def _tiny_params() -> dict:
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["data"].update(image_size=[64, 44], annotation_size=[128, 88])
-    params["model"].update(pose_width=8, style_width=8, width=16, mlp_width=16, adain_blocks=1, modulated_blocks=1)
-    params["train"].update(epochs_constant=1, epochs_decay=0, pairs_per_epoch=8, batch_size=4, threads=1,
-                           checkpoint_every_steps=0, save_every=1, log_every=1, sample_every=0, device="cpu")
-    params["test"].update(device="cpu", strips=2, batch_size=8)
-    params["evaluate"].update(metrics=["ssim", "psnr"], device="cpu", fid_cache=False, threads=1,
-                              report_pairs=1, report_strips=2, batch_size=8)
-    params["tracking"] = {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "casd"}
-    return params
-
-
-def _run(cmd: list[str], cwd: Path, env: dict, timeout: float = 120) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -69,35 +47,16 @@ def sweep(tiny_prepared):
 
 
 def _queued_sweep(repo: Path, tiny_prepared: Path) -> dict:
-    repo.mkdir()
-    pipeline = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: pipeline["stages"][s] for s in STAGES}},
-                                                  sort_keys=False))
-    (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
-    for folder in ("casd", "stages"):
-        shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for folder in ("split", "resized", "pose", "parsing"):
-        shutil.copytree(tiny_prepared / folder, repo / "data" / folder)
-    (repo / ".gitignore").write_text("__pycache__/\n/mlflow.db\n/mlruns/\n")
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(GIT_AUTHOR_NAME="casd", GIT_AUTHOR_EMAIL="casd@localhost", GIT_COMMITTER_NAME="casd",
-               GIT_COMMITTER_EMAIL="casd@localhost", DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1",
-               OMP_NUM_THREADS="1")
-    _run(["git", "init", "-q", "-b", "main"], repo, env)
-    _run(["dvc", "init", "-q"], repo, env)
-    _run(["dvc", "add", "-q", "data/split", "data/resized", "data/pose", "data/parsing"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-q", "-m", "tiny project"], repo, env)
+    env = tiny_dvc_repo(repo, tiny_prepared, tiny_pipeline_params())
 
     started = time.monotonic()
-    _run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(LRS)}"], repo, env)
+    run_ok(["dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(LRS)}"], repo, env)
     # the workers outlive the command and keep its output streams: no pipes
     subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=120, check=True)
     deadline = time.monotonic() + 420
     while True:
-        status = _run(["dvc", "queue", "status"], repo, env)
+        status = run_ok(["dvc", "queue", "status"], repo, env)
         if not re.search(r"\b(Queued|Running)\b", status) and re.search(r"\b(Success|Failed)\b", status):
             break
         if time.monotonic() > deadline:
@@ -111,7 +70,7 @@ def _queued_sweep(repo: Path, tiny_prepared: Path) -> dict:
         logs[task] = subprocess.run(["dvc", "queue", "logs", task], cwd=repo, env=env, capture_output=True,
                                     text=True, timeout=60).stdout[-4000:]
     assert "Failed" not in status, f"{status}\n{logs}"
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
+    shown = json.loads(run_ok(["dvc", "exp", "show", "--json"], repo, env))
     return {"repo": repo, "env": env, "status": status, "shown": shown, "elapsed": elapsed}
 
 
