@@ -13,7 +13,6 @@ ratio (old / new), the figure of merit on a shared machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -35,30 +34,13 @@ FRAME = (256, 176)
 
 
 # --------------------------------------------------------------------------- previous implementation
-# casd/data/tables.py before the pandas readers: csv rows checked one at a time, json.loads per list.
-
-def previous_open_csv(path: Path, separator: str, header: list[str]) -> tuple[list[str], list[list[str]]]:
-    lines = tables._read_text(path, "file").splitlines()
-    if not lines or not lines[0].strip():
-        raise DataError(path, "empty file, expected a header line " + separator.join(header))
-    first = lines[0]
-    if separator not in first:
-        other = next((s for s in (",", ":", ";", "\t") if s != separator and s in first), None)
-        hint = f"wrong separator {other!r}, expected {separator!r}" if other else f"expected {separator!r}-separated"
-        raise DataError(path, f"{hint}; header must be {separator.join(header)}", 1)
-    reader = csv.reader(lines, delimiter=separator)
-    columns = [c.strip() for c in next(reader)]
-    missing = [c for c in header if c not in columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {separator.join(columns)}, "
-                              f"expected {separator.join(header)}", 1)
-    return columns, list(reader)
-
+# casd/data/tables.py before the pandas readers: csv rows checked one at a time, json.loads per list. The header
+# check (tables._open_csv) is the same in both, so the old readers call it.
 
 def previous_read_pairs_rows(path: str | Path, policy: ErrorPolicy | None = None) -> list[tuple[int, str, str]]:
     policy = policy or ErrorPolicy()
     path = Path(path)
-    columns, rows = previous_open_csv(path, ",", ["from", "to"])
+    columns, rows = tables._open_csv(path, ",", ["from", "to"])
     i_from, i_to = columns.index("from"), columns.index("to")
     pairs: list[tuple[int, str, str]] = []
     for row, values in enumerate(rows, start=2):
@@ -94,7 +76,7 @@ def previous_read_annotations(path: str | Path, frame: tuple[int, int] | None = 
     policy = policy or ErrorPolicy()
     path = Path(path)
     header = ["name", "keypoints_y", "keypoints_x"]
-    columns, rows = previous_open_csv(path, ":", header)
+    columns, rows = tables._open_csv(path, ":", header)
     index = [columns.index(c) for c in header]
     out: dict[str, np.ndarray] = {}
     seen: set[str] = set()

@@ -69,15 +69,9 @@ def read_list(path: str | Path, policy: ErrorPolicy | None = None) -> list[str]:
     return names
 
 
-def _read_table(path: Path, separator: str, header: list[str],
-                field_hint: str = "") -> tuple[pd.DataFrame, list[DataError]]:
-    """The rows of a small CSV: the columns named in ``header``, stripped, indexed by row number (line number,
-    the header is row 1); blank rows left out. Also the problems found: a row with another number of fields
-    than the header's (``field_hint`` appended to its message).
-
-    The fields are split by :mod:`csv` (quotes honoured, one row a line): unlike ``pd.read_csv``, which pads a
-    short row, it tells ``a:b`` (2 fields) from ``a:b:`` (3, the last empty), and splits as fast.
-    """
+def _open_csv(path: Path, separator: str, header: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(header columns, rows split into fields) of a small CSV; the separator and the columns named in
+    ``header`` checked."""
     lines = _read_text(path, "file").splitlines()
     if not lines or not lines[0].strip():
         raise DataError(path, "empty file, expected a header line " + separator.join(header))
@@ -92,7 +86,19 @@ def _read_table(path: Path, separator: str, header: list[str],
     if missing:
         raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {separator.join(columns)}, "
                               f"expected {separator.join(header)}", 1)
-    rows = list(reader)
+    return columns, list(reader)
+
+
+def _read_table(path: Path, separator: str, header: list[str],
+                field_hint: str = "") -> tuple[pd.DataFrame, list[DataError]]:
+    """The rows of a small CSV: the columns named in ``header``, stripped, indexed by row number (line number,
+    the header is row 1); blank rows left out. Also the problems found: a row with another number of fields
+    than the header's (``field_hint`` appended to its message).
+
+    The fields are split by :mod:`csv` (quotes honoured, one row a line): unlike ``pd.read_csv``, which pads a
+    short row, it tells ``a:b`` (2 fields) from ``a:b:`` (3, the last empty), and splits as fast.
+    """
+    columns, rows = _open_csv(path, separator, header)
     counts = np.fromiter(map(len, rows), dtype=np.intp, count=len(rows))
     fits = counts == len(columns)
     problems = [DataError(path, f"{counts[i]} fields, expected {len(columns)}{field_hint}", int(i) + 2)
