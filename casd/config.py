@@ -88,8 +88,8 @@ class Checks:
         if maximum is not None:
             bounds.append(f"<= {maximum}")
             ok = ok and value <= maximum
-        kind = "an integer" if integer else "a number"
-        return self.require(ok, f"{key} must be {kind} {' and '.join(bounds)}, got {value!r}".replace("  ", " "))
+        requirement = " ".join(["an integer" if integer else "a number", " and ".join(bounds)]).strip()
+        return self.require(ok, f"{key} must be {requirement}, got {value!r}")
 
     def flag(self, key: str, value: Any) -> bool:
         return self.require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")

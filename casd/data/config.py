@@ -64,7 +64,8 @@ class DataConfig:
             problem = size_problem(getattr(self, key), multiple)
             if checks.require(not problem, f"{key} must be {problem}, got {getattr(self, key)!r}"):
                 setattr(self, key, tuple(getattr(self, key)))
-        if checks.number("crop_border", self.crop_border, minimum=0, integer=True) and not problem:
+        annotation_width_known = not size_problem(self.annotation_size, 1)
+        if checks.number("crop_border", self.crop_border, minimum=0, integer=True) and annotation_width_known:
             checks.require(2 * self.crop_border < self.annotation_size[1],
                            f"crop_border must be below half the annotation width {self.annotation_size[1]}, "
                            f"got {self.crop_border}")

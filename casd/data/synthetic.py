@@ -74,7 +74,9 @@ class SynthConfig:
         # pairs need two poses; train and test need one identity each; NN in the file names has two digits
         checks.number("identities_per_category", self.identities_per_category, minimum=2, integer=True)
         checks.number("poses_per_identity", self.poses_per_identity, minimum=2, maximum=99, integer=True)
-        checks.number("test_fraction", self.test_fraction, above=0, maximum=0.999999)
+        fraction = self.test_fraction
+        checks.require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1,
+                       f"test_fraction must be in (0, 1), got {fraction!r}")
         checks.done()
 
 

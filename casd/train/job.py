@@ -54,12 +54,13 @@ class TrainConfig:
         checks = Checks("train")
         checks.choice("amp", self.amp, AMP_MODES)
         checks.choice("adam", self.adam, ADAM_MODES)
-        counts = [checks.number(name, getattr(self, name), minimum=0, integer=True)
-                  for name in ("epochs_constant", "epochs_decay", "save_every", "checkpoint_every_steps",
-                               "log_every", "sample_every", "workers", "threads")]
+        epochs_sound = [checks.number(name, getattr(self, name), minimum=0, integer=True)
+                        for name in ("epochs_constant", "epochs_decay")]
+        for name in ("save_every", "checkpoint_every_steps", "log_every", "sample_every", "workers", "threads"):
+            checks.number(name, getattr(self, name), minimum=0, integer=True)
         for name in ("pairs_per_epoch", "batch_size", "disc_width", "norm_batch_chunks", "accumulate"):
             checks.number(name, getattr(self, name), minimum=1, integer=True)
-        if all(counts[:2]):
+        if all(epochs_sound):
             checks.require(self.epochs_constant + self.epochs_decay >= 1, "epochs_constant + epochs_decay must be >= 1")
         checks.number("lr", self.lr, above=0)
         checks.number("grad_clip", self.grad_clip, minimum=0)
